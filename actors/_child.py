@@ -1,0 +1,120 @@
+"""The child side of a process actor: ``python -m actors._child``.
+
+It reads its parent's address and the instance token from its environment, connects back,
+says hello, receives its spec, builds the object, serves calls on its own listener and
+reports the address. It exits when told to stop, or at once when the control link to its
+parent goes away (the parent died, even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import cloudpickle
+import trio
+from trio_websocket import WebSocketConnection
+
+from . import _codec, _wire
+from ._host import ActorHost
+from ._inline import build_object
+from ._link import Link
+from ._process import ENV_CHILD_ID, ENV_PARENT, ENV_TOKEN
+from ._spec import ActorSpec
+from ._transport import open_raw_link, serve_links
+
+
+async def _serve_object(
+    spec: ActorSpec, obj: object, token: str, bind_host: str, control: Link, inbox: Any
+) -> None:
+    async with trio.open_nursery() as calls:
+        host = ActorHost(obj, calls, name=spec.name, max_ongoing=spec.max_ongoing)
+
+        async def on_link(ws: WebSocketConnection) -> None:
+            holder: list[Any] = []
+            link = Link(ws, lambda env: holder[0].on_envelope(env), on_close=lambda _r: None)
+            session = host.session(link)
+            holder.append(session)
+            try:
+                await link.run()
+            finally:
+                session.close()
+
+        async with trio.open_nursery() as listener:
+            bound, port = await listener.start(
+                lambda task_status: serve_links(
+                    on_link, token=token, host=bind_host, port=0, task_status=task_status
+                )
+            )
+            control.send_nowait(_wire.Ready(bound, port))
+            async for env in inbox:
+                if type(env) is _wire.Stop:
+                    host.stop_accepting()
+                    with trio.move_on_after(env.grace_s):
+                        await host.wait_idle()
+                    break
+            listener.cancel_scope.cancel()
+        calls.cancel_scope.cancel()
+
+
+async def _main(token: str, parent: str, child_id: str) -> int:
+    send, inbox = trio.open_memory_channel[_wire.Envelope](64)
+    code = 0
+    async with open_raw_link(parent, token=token) as ws:
+        control = Link(ws, send.send_nowait, on_close=lambda _r: send.close())
+        async with trio.open_nursery() as nursery:
+
+            async def run_control() -> None:
+                await control.run()
+                nursery.cancel_scope.cancel()  # the parent is gone: stop everything
+
+            nursery.start_soon(run_control)
+            code = await _run_child(control, inbox, token, child_id)
+            nursery.cancel_scope.cancel()
+    return code
+
+
+async def _run_child(control: Link, inbox: Any, token: str, child_id: str) -> int:
+    control.send_nowait(_wire.Hello(child_id, os.getpid()))
+    env = await inbox.receive()
+    if type(env) is not _wire.Spec:
+        return 2
+    try:
+        sys_path, spec, bind_host = cloudpickle.loads(env.blob)
+        for entry in reversed(sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        obj = await build_object(spec)
+    except Exception as exc:
+        control.send_nowait(_wire.SpecFailed(_wire.Raw(_codec.encode_error(exc))))
+        with trio.move_on_after(2):
+            await inbox.receive()  # the parent reads it, then stops us or hangs up
+        return 1
+    await _serve_object(spec, obj, token, bind_host, control, inbox)
+    return 0
+
+
+def main() -> None:
+    token = os.environ.get(ENV_TOKEN, "")
+    parent = os.environ.get(ENV_PARENT, "")
+    child_id = os.environ.pop(ENV_CHILD_ID, "")
+    if not (token and parent and child_id):
+        print("actors._child is started by an actor system, not by hand", file=sys.stderr)
+        os._exit(2)
+    code = 1
+    try:
+        code = trio.run(_main, token, parent, child_id)
+    except BaseException:  # why: whatever happened, the process must end without hanging
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # user threads must not keep an orphaned child alive
+
+
+if __name__ == "__main__":
+    main()

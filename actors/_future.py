@@ -1,0 +1,196 @@
+"""Call futures: the caller-side record of one call, resolved by whoever runs the call.
+
+A future is resolved from synchronous code (a connection's reader, an inline actor's task),
+so resolving never blocks and never needs a task of its own. Awaiting a future that is then
+cancelled cancels the call.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Generator
+from typing import Any
+
+import trio
+
+from .exceptions import CallCancelledError
+
+_PENDING: Any = object()
+
+
+class CallFuture:
+    """The pending result of one call.
+
+    ``await fut`` returns the value or raises the remote error. If the awaiting task is
+    cancelled, the call is cancelled too (a ``Cancel`` goes to the actor). ``add_done_callback``
+    runs callbacks synchronously, in the resolving task, once.
+    """
+
+    __slots__ = ("_callbacks", "_canceller", "_error", "_event", "_value", "label")
+
+    def __init__(self, canceller: Callable[[], None] | None = None, label: str = "") -> None:
+        self._value: Any = _PENDING
+        self._error: BaseException | None = None
+        self._event: trio.Event | None = None
+        self._callbacks: list[Callable[[CallFuture], None]] | None = None
+        self._canceller = canceller
+        self.label = label
+
+    # -- resolving (synchronous, from the side that runs the call)
+
+    def set_result(self, value: Any) -> None:
+        if self.done():
+            return
+        self._value = value
+        self._finish()
+
+    def set_error(self, error: BaseException) -> None:
+        if self.done():
+            return
+        self._value = None
+        self._error = error
+        self._finish()
+
+    def _finish(self) -> None:
+        self._canceller = None
+        if self._event is not None:
+            self._event.set()
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for cb in callbacks:
+                cb(self)
+
+    # -- observing
+
+    def done(self) -> bool:
+        return self._value is not _PENDING
+
+    def result(self) -> Any:
+        """The value of a finished call; raises its error, or ``RuntimeError`` if pending."""
+        if self._value is _PENDING:
+            raise RuntimeError("call has not finished yet")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if self._value is _PENDING:
+            raise RuntimeError("call has not finished yet")
+        return self._error
+
+    def add_done_callback(self, cb: Callable[[CallFuture], None]) -> None:
+        if self.done():
+            cb(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(cb)
+
+    async def wait_done(self) -> None:
+        """Wait until the call has finished, without cancelling it if we are cancelled."""
+        if self._value is _PENDING:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+
+    async def wait(self) -> Any:
+        """Wait for the result; cancelling the waiting task cancels the call."""
+        if self._value is _PENDING:
+            if self._event is None:
+                self._event = trio.Event()
+            try:
+                await self._event.wait()
+            except trio.Cancelled:  # why: a cancelled caller cancels the work; re-raised
+                self.cancel()
+                raise
+        else:
+            await trio.lowlevel.checkpoint()
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.wait().__await__()
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not finished; returns whether it was still pending."""
+        if self.done():
+            return False
+        canceller = self._canceller
+        self.set_error(CallCancelledError(f"call {self.label} was cancelled by its caller"))
+        if canceller is not None:
+            canceller()
+        return True
+
+
+class StreamReceiver:
+    """The caller's end of a streamed call: an async iterator of items with credit-based
+    backpressure (the actor sends at most ``window`` items ahead of consumption)."""
+
+    def __init__(
+        self,
+        *,
+        window: int,
+        ack: Callable[[int], None],
+        canceller: Callable[[], None],
+        label: str = "",
+    ) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._end: BaseException | None = None
+        self._ended = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self._window = window
+        self._ack = ack
+        self._canceller: Callable[[], None] | None = canceller
+        self._consumed = 0
+        self.label = label
+
+    def push(self, item: Any) -> None:
+        self._items.append(item)
+        self._lot.unpark_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._end = error
+        self._canceller = None
+        self._lot.unpark_all()
+
+    @property
+    def finished(self) -> bool:
+        return self._ended and not self._items
+
+    def __aiter__(self) -> StreamReceiver:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self._ended:
+                if self._end is not None:
+                    err, self._end = self._end, None
+                    raise err
+                raise StopAsyncIteration
+            try:
+                await self._lot.park()
+            except trio.Cancelled:  # why: a cancelled consumer cancels the stream; re-raised
+                self.cancel()
+                raise
+        item = self._items.popleft()
+        self._consumed += 1
+        if self._consumed * 2 >= self._window and not self._ended:
+            self._ack(self._consumed)
+            self._consumed = 0
+        return item
+
+    def cancel(self) -> None:
+        """Stop the stream: the actor's generator is cancelled."""
+        if self._ended:
+            return
+        canceller = self._canceller
+        self.finish(CallCancelledError(f"stream {self.label} was cancelled by its caller"))
+        self._items.clear()
+        if canceller is not None:
+            canceller()
+
+    async def aclose(self) -> None:
+        self.cancel()
+        await trio.lowlevel.checkpoint()

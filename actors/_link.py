@@ -1,0 +1,177 @@
+"""A link: one authenticated websocket carrying batches of envelopes in both directions.
+
+Outgoing envelopes are encoded when queued (so an oversized or unencodable message fails at
+the caller) and coalesced by one writer task into as few websocket messages as possible.
+One reader task drains the socket and hands each envelope to a synchronous callback, so the
+socket is always drained (trio-websocket stalls its pings while its message queue is full).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from . import _wire
+from .exceptions import MessageTooLargeError
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+_HEARTBEAT = _wire.encode_envelope(_wire.Heartbeat())
+_FRAME_OVERHEAD = 16
+
+
+class Link:
+    """Frames envelopes over ``ws``.
+
+    ``run()`` starts three tasks in its own nursery -- reader, writer, heartbeat -- and
+    returns once the connection is closed by either side or the peer stops answering for
+    ``heartbeat_timeout`` seconds; ``on_close(reason)`` is called exactly once then. If
+    cancelled midway, the websocket is closed and nothing remains.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        on_envelope: Callable[[_wire.Envelope], None],
+        *,
+        on_close: Callable[[str], None] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    ) -> None:
+        self.ws = ws
+        self._on_envelope = on_envelope
+        self._on_close = on_close
+        self.max_message_size = max_message_size
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        self._decoder = _wire.BatchDecoder()
+        self._last_seen = 0.0
+        self._last_sent = 0.0
+        self.closed = False
+        self.close_reason = ""
+        self._cancel_scope: trio.CancelScope | None = None
+
+    # -- sending
+
+    def send_nowait(self, envelope: _wire.Envelope) -> None:
+        """Queue ``envelope`` for the writer. Raises ``MessageTooLargeError`` if it can never
+        fit in one websocket message; silently drops it if the link is closed."""
+        data = _wire.encode_envelope(envelope)
+        if len(data) + _FRAME_OVERHEAD > self.max_message_size:
+            raise MessageTooLargeError(len(data), self.max_message_size)
+        if self.closed:
+            return
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        self._lot.unpark()
+
+    def close(self, reason: str) -> None:
+        """Close from synchronous code: the link's tasks end soon after."""
+        self._mark_closed(reason)
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._outbox.clear()
+        if self._on_close is not None:
+            self._on_close(reason)
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        limit = self.max_message_size - _FRAME_OVERHEAD
+        while True:
+            while not self._outbox:
+                await self._lot.park()
+            batch = self._outbox
+            if self._outbox_bytes <= limit:
+                self._outbox = []
+                self._outbox_bytes = 0
+            else:
+                size = 0
+                cut = 0
+                for cut, data in enumerate(batch):  # noqa: B007
+                    if size + len(data) > limit and cut > 0:
+                        break
+                    size += len(data)
+                else:
+                    cut = len(batch)
+                self._outbox = batch[cut:]
+                self._outbox_bytes -= size
+                batch = batch[:cut]
+            await ws.send_message(_wire.frame(batch))
+            self._last_sent = trio.current_time()
+
+    # -- receiving
+
+    async def _reader(self) -> None:
+        ws = self.ws
+        decode = self._decoder.decode
+        on_envelope = self._on_envelope
+        while True:
+            message = await ws.get_message()
+            self._last_seen = trio.current_time()
+            if isinstance(message, str):
+                await self._protocol_error("text frames are not part of the protocol")
+                return
+            try:
+                batch = decode(message)
+            except msgspec.MsgspecError as exc:
+                await self._protocol_error(f"malformed message: {exc}")
+                return
+            for envelope in batch:
+                on_envelope(envelope)
+
+    async def _protocol_error(self, reason: str) -> None:
+        self._mark_closed(f"protocol error: {reason}")
+        with trio.move_on_after(1):
+            await self.ws.aclose(code=1002, reason=reason[:120])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self._heartbeat_interval)
+            now = trio.current_time()
+            if now - self._last_seen > self._heartbeat_timeout:
+                self._mark_closed(f"peer silent for {self._heartbeat_timeout:.1f}s")
+                return
+            if not self._outbox and now - self._last_sent >= self._heartbeat_interval:
+                self._outbox.append(_HEARTBEAT)
+                self._lot.unpark()
+
+    async def run(self) -> None:
+        self._last_seen = self._last_sent = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(self._watch, self._reader, nursery)
+                nursery.start_soon(self._watch, self._writer, nursery)
+                nursery.start_soon(self._watch, self._heartbeat, nursery)
+        finally:
+            self._mark_closed(self.close_reason or "connection closed")
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True  # why: closing the socket must happen even when cancelled
+                await self.ws.aclose()
+
+    async def _watch(self, fn: Callable[[], object], nursery: trio.Nursery) -> None:
+        try:
+            await fn()  # type: ignore[misc]
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            self._mark_closed(
+                f"connection closed ({reason.code} {reason.reason or ''})".strip()
+                if reason
+                else "connection closed"
+            )
+        finally:
+            nursery.cancel_scope.cancel()

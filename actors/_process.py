@@ -1,0 +1,239 @@
+"""Process actors: spawning a child that connects back, and stopping it for certain.
+
+``open_actor_system()`` owns the instance token and the control listener that children
+connect back to. ``system.run_actor(spec)`` (a task for ``nursery.start``) spawns
+``python -m actors._child``; the child authenticates, says hello, receives its spec over the
+control link, builds the object, serves calls on its own listener and reports its address.
+The token reaches the child through its environment only, never its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import cloudpickle
+import trio
+from trio_websocket import WebSocketConnection
+
+from . import _codec, _wire
+from ._inline import run_inline_actor
+from ._link import Link
+from ._spec import Actor, ActorSpec
+from ._transport import connect, serve_links
+from .exceptions import SpawnError
+
+ENV_TOKEN = "ACTORS_TOKEN"
+ENV_PARENT = "ACTORS_PARENT"
+ENV_CHILD_ID = "ACTORS_CHILD_ID"
+START_TIMEOUT_S = 60.0
+TERM_TIMEOUT_S = 2.0
+
+
+class _Slot:
+    """The parent's view of one child's control link, filled in as the child says hello."""
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self.pid: int | None = None
+        self.hello = trio.Event()
+        self.closed = trio.Event()
+        self.send, self.inbox = trio.open_memory_channel[_wire.Envelope](64)
+
+    def deliver(self, env: _wire.Envelope) -> None:
+        try:
+            self.send.send_nowait(env)
+        except trio.WouldBlock:
+            if self.link is not None:
+                self.link.close("child flooded its control link")
+
+
+class ActorSystem:
+    """Spawns and supervises-by-hand actor processes for one instance token.
+
+    Tasks: the control listener and one task per child's control link, in the nursery of
+    :func:`open_actor_system`.
+    """
+
+    def __init__(self, token: str, control_address: str, child_host: str) -> None:
+        self.token = token
+        self.control_address = control_address
+        self.child_host = child_host
+        self._slots: dict[str, _Slot] = {}
+
+    # -- the control listener's side
+
+    async def _on_control_link(self, ws: WebSocketConnection) -> None:
+        slot: _Slot | None = None
+
+        def on_envelope(env: _wire.Envelope) -> None:
+            nonlocal slot
+            if slot is not None:
+                slot.deliver(env)
+                return
+            if type(env) is _wire.Hello and env.child_id in self._slots:
+                slot = self._slots.pop(env.child_id)
+                slot.link, slot.pid = link, env.pid
+                slot.hello.set()
+            elif type(env) is not _wire.Heartbeat:
+                link.close("a child must say hello first")
+
+        def on_close(_reason: str) -> None:
+            if slot is not None:
+                slot.closed.set()
+
+        link = Link(ws, on_envelope, on_close=on_close)
+        await link.run()
+
+    # -- spawning
+
+    async def run_actor(
+        self, spec: ActorSpec, *, task_status: trio.TaskStatus[Actor] = trio.TASK_STATUS_IGNORED
+    ) -> int | None:
+        """Run one actor as a task: ``task_status.started(actor)`` once it takes calls.
+
+        Returns the exit code when the process exits by itself (``None`` for inline actors
+        stopped by request). If cancelled, the child is stopped for certain: ``Stop`` (it
+        drains for ``spec.grace_s``), then SIGTERM, then SIGKILL; this runs shielded and
+        bounded. A child that cannot start raises :class:`SpawnError`.
+        """
+        if spec.placement == "inline":
+            await run_inline_actor(spec, task_status=task_status)
+            return None
+        child_id = secrets.token_hex(8)
+        slot = _Slot()
+        self._slots[child_id] = slot
+        env = {**os.environ, **spec.env}
+        env.update({ENV_TOKEN: self.token, ENV_PARENT: self.control_address})
+        env[ENV_CHILD_ID] = child_id
+        blob = cloudpickle.dumps((list(sys.path), spec, self.child_host))
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
+        )
+        try:
+            host, port = await self._handshake(spec, proc, slot, blob)
+            return await self._serve(spec, proc, slot, f"ws://{host}:{port}", task_status)
+        finally:
+            self._slots.pop(child_id, None)
+            await _stop_process(proc, slot, spec.grace_s)
+
+    async def _handshake(
+        self, spec: ActorSpec, proc: trio.Process, slot: _Slot, blob: bytes
+    ) -> tuple[str, int]:
+        reply: Any = None
+        with trio.move_on_after(START_TIMEOUT_S) as timer:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_exit() -> None:
+                    await proc.wait()
+                    nursery.cancel_scope.cancel()
+
+                async def talk() -> None:
+                    nonlocal reply
+                    await slot.hello.wait()
+                    assert slot.link is not None
+                    slot.link.send_nowait(_wire.Spec(blob))
+                    reply = await slot.inbox.receive()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_exit)
+                nursery.start_soon(talk)
+        if type(reply) is _wire.Ready:
+            return reply.host, reply.port
+        if type(reply) is _wire.SpecFailed:
+            cause = _codec.decode_error(reply.error)
+            raise SpawnError(f"actor {spec.name} failed to start: {cause!r}") from cause
+        if timer.cancelled_caught:
+            raise SpawnError(f"actor {spec.name} did not start within {START_TIMEOUT_S}s")
+        raise SpawnError(f"actor {spec.name} exited during start (exit code {proc.returncode})")
+
+    async def _serve(
+        self,
+        spec: ActorSpec,
+        proc: trio.Process,
+        slot: _Slot,
+        address: str,
+        task_status: trio.TaskStatus[Actor],
+    ) -> int | None:
+        async with trio.open_nursery() as nursery:
+            ref = await nursery.start(
+                lambda task_status: connect(
+                    address, token=self.token, name=spec.name, task_status=task_status
+                )
+            )
+            actor = Actor(
+                name=spec.name, ref=ref, pid=proc.pid, placement="process", address=address
+            )
+            task_status.started(actor)
+
+            async def stop_on_request() -> None:
+                await actor.stop_requested.wait()
+                if slot.link is not None:
+                    slot.link.send_nowait(_wire.Stop(spec.grace_s))
+
+            async def watch_control() -> None:
+                await slot.closed.wait()
+                with trio.move_on_after(TERM_TIMEOUT_S):
+                    await proc.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_request)
+            nursery.start_soon(watch_control)
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+        return proc.returncode
+
+
+async def _stop_process(proc: trio.Process, slot: _Slot, grace_s: float) -> None:
+    """Stop ``proc`` for certain: Stop message, wait, SIGTERM, wait, SIGKILL."""
+    if proc.returncode is not None:
+        return
+    with trio.CancelScope(shield=True):  # why: a cancelled owner must still reap its child
+        if slot.link is not None and not slot.link.closed:
+            slot.link.send_nowait(_wire.Stop(grace_s))
+            with trio.move_on_after(grace_s + 1.0):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(TERM_TIMEOUT_S):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            with trio.move_on_after(TERM_TIMEOUT_S):
+                await proc.wait()
+
+
+@asynccontextmanager
+async def open_actor_system(
+    *, token: str | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[ActorSystem]:
+    """Open an actor system: an instance token and the control listener on ``host``.
+
+    Tasks: the control listener, in this block's nursery. Actors run with
+    ``nursery.start(system.run_actor, spec)`` in nurseries of the caller's choosing, which
+    must close before this block does. Leaving the block closes the listener.
+    """
+    token = token or secrets.token_urlsafe(32)
+    async with trio.open_nursery() as nursery:
+        holder: list[ActorSystem] = []
+
+        async def on_link(ws: WebSocketConnection) -> None:
+            await holder[0]._on_control_link(ws)
+
+        bound_host, port = await nursery.start(
+            lambda task_status: serve_links(
+                on_link, token=token, host=host, port=0, task_status=task_status
+            )
+        )
+        system = ActorSystem(token, f"ws://{bound_host}:{port}", host)
+        holder.append(system)
+        try:
+            yield system
+        finally:
+            nursery.cancel_scope.cancel()
