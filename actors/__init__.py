@@ -17,6 +17,8 @@ from ._process import ActorSystem as ActorSystem
 from ._process import open_actor_system as open_actor_system
 from ._ref import ActorRef as ActorRef
 from ._ref import RemoteRef as RemoteRef
+from ._serve import instance_token as instance_token
+from ._serve import serve_host as serve_host
 from ._spec import Actor as Actor
 from ._spec import ActorSpec as ActorSpec
 from ._supervisor import ChildSpec as ChildSpec
@@ -68,5 +70,7 @@ __all__ = [
     "open_connection",
     "open_supervisor",
     "run_inline_actor",
+    "instance_token",
+    "serve_host",
     "serve_links",
 ]

@@ -14,7 +14,6 @@ from typing import Any
 
 import cloudpickle
 import trio
-from trio_websocket import WebSocketConnection
 
 from . import _codec, _wire
 from ._host import ActorHost
@@ -22,7 +21,8 @@ from ._inline import build_object
 from ._link import Link
 from ._process import ENV_CHILD_ID, ENV_PARENT, ENV_TOKEN
 from ._spec import ActorSpec
-from ._transport import open_raw_link, serve_links
+from ._serve import serve_host
+from ._transport import open_raw_link
 
 
 async def _serve_object(
@@ -30,21 +30,10 @@ async def _serve_object(
 ) -> None:
     async with trio.open_nursery() as calls:
         host = ActorHost(obj, calls, name=spec.name, max_ongoing=spec.max_ongoing)
-
-        async def on_link(ws: WebSocketConnection) -> None:
-            holder: list[Any] = []
-            link = Link(ws, lambda env: holder[0].on_envelope(env), on_close=lambda _r: None)
-            session = host.session(link)
-            holder.append(session)
-            try:
-                await link.run()
-            finally:
-                session.close()
-
         async with trio.open_nursery() as listener:
             bound, port = await listener.start(
-                lambda task_status: serve_links(
-                    on_link, token=token, host=bind_host, port=0, task_status=task_status
+                lambda task_status: serve_host(
+                    host, token=token, bind=bind_host, port=0, task_status=task_status
                 )
             )
             control.send_nowait(_wire.Ready(bound, port))

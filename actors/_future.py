@@ -141,7 +141,9 @@ class StreamReceiver:
         self._ack = ack
         self._canceller: Callable[[], None] | None = canceller
         self._consumed = 0
+        self._callbacks: list[Callable[[StreamReceiver], None]] = []
         self.label = label
+        self.end_error: BaseException | None = None
 
     def push(self, item: Any) -> None:
         self._items.append(item)
@@ -152,8 +154,25 @@ class StreamReceiver:
             return
         self._ended = True
         self._end = error
+        self.end_error = error
         self._canceller = None
         self._lot.unpark_all()
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def done(self) -> bool:
+        """Whether the actor has finished sending (items may still be waiting here)."""
+        return self._ended
+
+    def exception(self) -> BaseException | None:
+        return self.end_error
+
+    def add_done_callback(self, cb: Callable[[StreamReceiver], None]) -> None:
+        if self._ended:
+            cb(self)
+        else:
+            self._callbacks.append(cb)
 
     @property
     def finished(self) -> bool:

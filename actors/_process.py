@@ -25,12 +25,14 @@ from trio_websocket import WebSocketConnection
 from . import _codec, _wire
 from ._inline import run_inline_actor
 from ._link import Link
+from ._ref import RemoteRef
+from ._serve import ENV_TOKEN
 from ._spec import Actor, ActorSpec
 from ._transport import connect, serve_links
 from .exceptions import SpawnError
 
-ENV_TOKEN = "ACTORS_TOKEN"
 ENV_PARENT = "ACTORS_PARENT"
+__all__ = ["ENV_CHILD_ID", "ENV_PARENT", "ENV_TOKEN", "ActorSystem", "open_actor_system"]
 ENV_CHILD_ID = "ACTORS_CHILD_ID"
 START_TIMEOUT_S = 60.0
 TERM_TIMEOUT_S = 2.0
@@ -161,12 +163,16 @@ class ActorSystem:
         address: str,
         task_status: trio.TaskStatus[Actor],
     ) -> int | None:
+        # The connection outlives our own cancellation: calls in flight keep it while the
+        # child drains; it is closed once the child has exited.
+        connection_scope = trio.CancelScope(shield=True)
+
+        async def run_connection(task_status: trio.TaskStatus[RemoteRef]) -> None:
+            with connection_scope:  # why: see above; cancelled explicitly below
+                await connect(address, token=self.token, name=spec.name, task_status=task_status)
+
         async with trio.open_nursery() as nursery:
-            ref = await nursery.start(
-                lambda task_status: connect(
-                    address, token=self.token, name=spec.name, task_status=task_status
-                )
-            )
+            ref = await nursery.start(run_connection)
             actor = Actor(
                 name=spec.name, ref=ref, pid=proc.pid, placement="process", address=address
             )
@@ -181,12 +187,17 @@ class ActorSystem:
                 await slot.closed.wait()
                 with trio.move_on_after(TERM_TIMEOUT_S):
                     await proc.wait()
-                nursery.cancel_scope.cancel()
+                if proc.returncode is None:
+                    proc.kill()
 
             nursery.start_soon(stop_on_request)
             nursery.start_soon(watch_control)
-            await proc.wait()
-            nursery.cancel_scope.cancel()
+            try:
+                await proc.wait()
+            finally:
+                await _stop_process(proc, slot, spec.grace_s)
+                connection_scope.cancel()
+                nursery.cancel_scope.cancel()
         return proc.returncode
 
 

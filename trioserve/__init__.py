@@ -1,0 +1,77 @@
+"""trioserve: model serving on Trio -- deployments, handles, supervised replica processes."""
+
+from __future__ import annotations
+
+from ._api import delete as delete
+from ._api import get as get
+from ._api import get_app_handle as get_app_handle
+from ._api import get_async as get_async
+from ._api import get_deployment_handle as get_deployment_handle
+from ._api import run as run
+from ._api import shutdown as shutdown
+from ._api import start as start
+from ._api import status as status
+from ._api import wait as wait
+from ._api import wait_async as wait_async
+from ._config import AutoscalingConfig as AutoscalingConfig
+from ._config import DeploymentConfig as DeploymentConfig
+from ._deployment import Application as Application
+from ._deployment import Deployment as Deployment
+from ._deployment import deployment as deployment
+from ._handle import DeploymentHandle as DeploymentHandle
+from ._handle import SyncHandle as SyncHandle
+from ._handle import SyncResponse as SyncResponse
+from ._handle import SyncResponseGenerator as SyncResponseGenerator
+from ._instance import ServeInstance as ServeInstance
+from ._instance import open_serve as open_serve
+from ._response import DeploymentResponse as DeploymentResponse
+from ._response import DeploymentResponseGenerator as DeploymentResponseGenerator
+from ._status import ApplicationStatus as ApplicationStatus
+from ._status import DeploymentStatus as DeploymentStatus
+from ._status import ReplicaStatus as ReplicaStatus
+from ._status import ServeStatus as ServeStatus
+from .exceptions import BackPressureError as BackPressureError
+from .exceptions import DeploymentFailedError as DeploymentFailedError
+from .exceptions import DeploymentUnavailableError as DeploymentUnavailableError
+from .exceptions import ReplicaDiedError as ReplicaDiedError
+from .exceptions import RequestCancelledError as RequestCancelledError
+from .exceptions import RequestTimeoutError as RequestTimeoutError
+from .exceptions import ServeError as ServeError
+
+__all__ = [
+    "Application",
+    "ApplicationStatus",
+    "AutoscalingConfig",
+    "BackPressureError",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentFailedError",
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
+    "DeploymentStatus",
+    "DeploymentUnavailableError",
+    "ReplicaDiedError",
+    "ReplicaStatus",
+    "RequestCancelledError",
+    "RequestTimeoutError",
+    "ServeError",
+    "ServeInstance",
+    "ServeStatus",
+    "SyncHandle",
+    "SyncResponse",
+    "SyncResponseGenerator",
+    "delete",
+    "deployment",
+    "get",
+    "get_app_handle",
+    "get_async",
+    "get_deployment_handle",
+    "open_serve",
+    "run",
+    "shutdown",
+    "start",
+    "status",
+    "wait",
+    "wait_async",
+]

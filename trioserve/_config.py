@@ -1,0 +1,176 @@
+"""Deployment and autoscaling configuration, validated at the edge (sans-IO)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+Placement = Literal["process", "inline"]
+
+
+def _positive_int(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+    return check
+
+
+def _non_negative(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+    return check
+
+
+def _positive(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class AutoscalingConfig:
+    """How many replicas a deployment should have, from the load its handles report."""
+
+    min_replicas: int = attrs.field(default=1, validator=_non_negative("min_replicas"))
+    initial_replicas: int | None = None
+    max_replicas: int = attrs.field(default=1, validator=_positive_int("max_replicas"))
+    target_ongoing_requests: float = attrs.field(
+        default=2.0, validator=_positive("target_ongoing_requests")
+    )
+    upscale_delay_s: float = attrs.field(default=30.0, validator=_non_negative("upscale_delay_s"))
+    downscale_delay_s: float = attrs.field(
+        default=600.0, validator=_non_negative("downscale_delay_s")
+    )
+    look_back_period_s: float = attrs.field(
+        default=30.0, validator=_positive("look_back_period_s")
+    )
+    metrics_interval_s: float = attrs.field(
+        default=10.0, validator=_positive("metrics_interval_s")
+    )
+    smoothing_factor: float = attrs.field(default=1.0, validator=_positive("smoothing_factor"))
+    upscaling_factor: float | None = None
+    downscaling_factor: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.min_replicas, int) or isinstance(self.min_replicas, bool):
+            raise ValueError(f"min_replicas must be an int >= 0, got {self.min_replicas!r}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas "
+                f"({self.max_replicas})"
+            )
+        init = self.initial_replicas
+        if init is not None and not (self.min_replicas <= init <= self.max_replicas):
+            raise ValueError(
+                f"initial_replicas must be between min_replicas and max_replicas, got {init!r}"
+            )
+        for name in ("upscaling_factor", "downscaling_factor"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+
+    @classmethod
+    def from_value(cls, value: AutoscalingConfig | Mapping[str, Any]) -> AutoscalingConfig:
+        if isinstance(value, AutoscalingConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"autoscaling_config must be a dict or AutoscalingConfig, got {value!r}"
+            )
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown autoscaling_config field(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**value)
+
+
+def _num_replicas(_inst: object, _attr: object, value: object) -> None:
+    if value == "auto":
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"num_replicas must be an int >= 0 or 'auto', got {value!r}")
+
+
+def _max_queued(_inst: object, _attr: object, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
+        raise ValueError(f"max_queued_requests must be an int >= 1 or -1 (no limit), got {value!r}")
+
+
+def _placement(_inst: object, _attr: object, value: object) -> None:
+    if value not in ("process", "inline"):
+        raise ValueError(f"placement must be 'process' or 'inline', got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentConfig:
+    """A deployment's options (``@serve.deployment(...)`` and ``.options(...)``)."""
+
+    num_replicas: int | Literal["auto"] = attrs.field(default=1, validator=_num_replicas)
+    max_ongoing_requests: int = attrs.field(
+        default=5, validator=_positive_int("max_ongoing_requests")
+    )
+    max_queued_requests: int = attrs.field(default=-1, validator=_max_queued)
+    autoscaling_config: AutoscalingConfig | None = None
+    user_config: Any = None
+    health_check_period_s: float = attrs.field(
+        default=10.0, validator=_positive("health_check_period_s")
+    )
+    health_check_timeout_s: float = attrs.field(
+        default=30.0, validator=_positive("health_check_timeout_s")
+    )
+    graceful_shutdown_timeout_s: float = attrs.field(
+        default=5.0, validator=_non_negative("graceful_shutdown_timeout_s")
+    )
+    placement: Placement = attrs.field(default="process", validator=_placement)
+
+    def __attrs_post_init__(self) -> None:
+        if self.num_replicas == "auto" and self.autoscaling_config is None:
+            object.__setattr__(
+                self, "autoscaling_config", AutoscalingConfig(min_replicas=1, max_replicas=100)
+            )
+
+    @property
+    def initial_replicas(self) -> int:
+        auto = self.autoscaling_config
+        if auto is not None:
+            if auto.initial_replicas is not None:
+                return auto.initial_replicas
+            return auto.min_replicas
+        assert isinstance(self.num_replicas, int)
+        return self.num_replicas
+
+
+OPTION_NAMES = frozenset(
+    {
+        "name",
+        "num_replicas",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "autoscaling_config",
+        "user_config",
+        "health_check_period_s",
+        "health_check_timeout_s",
+        "graceful_shutdown_timeout_s",
+        "placement",
+    }
+)
+
+
+def apply_options(config: DeploymentConfig, options: Mapping[str, Any]) -> DeploymentConfig:
+    """A new config with ``options`` applied; unknown names raise with the known list."""
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown deployment option(s) {unknown}; known: {sorted(OPTION_NAMES)}")
+    changes = {k: v for k, v in options.items() if k != "name"}
+    if "autoscaling_config" in changes and changes["autoscaling_config"] is not None:
+        changes["autoscaling_config"] = AutoscalingConfig.from_value(changes["autoscaling_config"])
+    return attrs.evolve(config, **changes)

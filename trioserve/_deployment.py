@@ -1,0 +1,149 @@
+"""``@deployment``, ``Deployment`` and ``Application`` (bound graphs)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
+
+from ._config import DeploymentConfig, apply_options
+
+if TYPE_CHECKING:
+    from ._handle import DeploymentHandle, SyncHandle
+
+
+class Deployment:
+    """A class or function to be served by replicas, with its options."""
+
+    def __init__(self, target: Callable[..., Any], name: str, config: DeploymentConfig) -> None:
+        if not callable(target):
+            raise TypeError(f"@deployment needs a class or a function, got {target!r}")
+        self.target = target
+        self.name = name
+        self.config = config
+        self.is_function = not inspect.isclass(target)
+
+    def __repr__(self) -> str:
+        return f"Deployment(name={self.name!r})"
+
+    def options(self, **options: Any) -> Deployment:
+        """A copy with some options changed (same names as ``@deployment``)."""
+        name = options.get("name", self.name)
+        _check_name(name)
+        return Deployment(self.target, name, apply_options(self.config, options))
+
+    def bind(self, *args: Any, **kwargs: Any) -> Application:
+        """Arguments for the constructor (classes) or nothing (functions). Applications among
+        them, at any depth of lists, tuples and dicts, reach the replica as handles."""
+        if self.is_function and (args or kwargs):
+            raise TypeError(f"function deployment {self.name!r} takes no bind() arguments")
+        return Application(self, args, kwargs)
+
+    @overload
+    def get_handle(self, sync: bool = True) -> SyncHandle | DeploymentHandle: ...
+    @overload
+    def get_handle(self) -> SyncHandle: ...
+
+    def get_handle(self, sync: bool = True) -> SyncHandle | DeploymentHandle:
+        """A handle to this deployment once it is running (in any application)."""
+        from ._api import get_deployment_handle_any_app
+
+        return get_deployment_handle_any_app(self.name, sync=sync)
+
+
+class Application:
+    """A deployment bound to its arguments: the node of a graph that ``run`` deploys."""
+
+    def __init__(
+        self, deployment: Deployment, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.deployment = deployment
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"Application({self.deployment.name!r})"
+
+    def walk(self) -> list[Application]:
+        """Every application in the graph, downstream first, each deployment once."""
+        seen: dict[str, Application] = {}
+
+        def visit(node: Application) -> None:
+            for child in _find_apps((node.args, node.kwargs)):
+                visit(child)
+            prev = seen.get(node.deployment.name)
+            if prev is not None and prev is not node:
+                if prev.deployment is not node.deployment or (
+                    prev.args,
+                    prev.kwargs,
+                ) != (node.args, node.kwargs):
+                    raise ValueError(
+                        f"two different deployments in one application are named "
+                        f"{node.deployment.name!r}; give one another name with .options(name=...)"
+                    )
+            seen.setdefault(node.deployment.name, node)
+
+        visit(self)
+        return list(seen.values())
+
+
+def _find_apps(value: Any) -> list[Application]:
+    found: list[Application] = []
+    if isinstance(value, Application):
+        found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found.extend(_find_apps(item))
+    elif isinstance(value, dict):
+        for item in value.values():
+            found.extend(_find_apps(item))
+    return found
+
+
+def replace_apps(value: Any, convert: Callable[[Application], Any]) -> Any:
+    """``value`` with every Application (in lists, tuples, dicts) replaced by ``convert``."""
+    if isinstance(value, Application):
+        return convert(value)
+    if isinstance(value, list):
+        return [replace_apps(v, convert) for v in value]
+    if isinstance(value, tuple):
+        return tuple(replace_apps(v, convert) for v in value)
+    if isinstance(value, dict):
+        return {k: replace_apps(v, convert) for k, v in value.items()}
+    return value
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or "/" in name or "#" in name:
+        raise ValueError(f"deployment name must be a non-empty str without '/' or '#', got {name!r}")
+
+
+@overload
+def deployment(_target: Callable[..., Any], /) -> Deployment: ...
+@overload
+def deployment(
+    _target: None = None, /, **options: Any
+) -> Callable[[Callable[..., Any]], Deployment]: ...
+
+
+def deployment(
+    _target: Callable[..., Any] | None = None, /, **options: Any
+) -> Deployment | Callable[[Callable[..., Any]], Deployment]:
+    """Turn a class or function into a :class:`Deployment`; with or without options::
+
+        @deployment
+        class A: ...
+
+        @deployment(num_replicas=2, max_ongoing_requests=8)
+        class B: ...
+    """
+
+    def wrap(target: Callable[..., Any]) -> Deployment:
+        name = options.get("name") or getattr(target, "__name__", None)
+        _check_name(name)
+        assert isinstance(name, str)
+        return Deployment(target, name, apply_options(DeploymentConfig(), options))
+
+    if _target is not None:
+        return wrap(_target)
+    return wrap

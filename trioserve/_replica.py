@@ -1,0 +1,204 @@
+"""The replica: the actor object behind each replica, and a replica process's context.
+
+``Replica`` builds the user's object (on a worker thread), applies ``user_config`` through
+``reconfigure``, and resolves method names for calls. In a replica process,
+:class:`ReplicaProcessContext` gives the user's handles their routers: it subscribes to the
+controller for membership and keeps one connection per downstream replica.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+import actors
+import attrs
+import trio
+
+from . import _context
+from ._router import Router
+
+ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaInfo:
+    app: str
+    deployment: str
+    replica_id: str
+
+
+class Replica:
+    """Hosts one user object. Built on a worker thread by the actor runtime."""
+
+    def __init__(
+        self,
+        info: ReplicaInfo,
+        target: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_function: bool,
+        user_config: Any = None,
+    ) -> None:
+        self.info = info
+        self.is_function = is_function
+        self.user: Any = target if is_function else target(*args, **kwargs)
+        self.user_config = user_config
+
+    async def __actor_start__(self) -> None:
+        if _context.current_or_none() is None:
+            address = os.environ.get(ENV_CONTROLLER)
+            token = actors.instance_token()
+            if address and token:
+                context = ReplicaProcessContext(address, token)
+                await context.start()
+                _context.set_current(context)
+        if self.user_config is not None:
+            await self.reconfigure(self.user_config)
+
+    async def reconfigure(self, config: Any) -> None:
+        fn = getattr(self.user, "reconfigure", None)
+        if fn is None:
+            raise TypeError(
+                f"deployment {self.info.deployment!r} has a user_config but no reconfigure() method"
+            )
+        if inspect.iscoroutinefunction(fn):
+            await fn(config)
+        else:
+            await trio.to_thread.run_sync(fn, config)
+        self.user_config = config
+
+    def __actor_dispatch__(self, name: str) -> Callable[..., Any]:
+        if self.is_function:
+            if name != "__call__":
+                raise AttributeError(
+                    f"function deployment {self.info.deployment!r} has no method {name!r}"
+                )
+            return self.user  # type: ignore[no-any-return]
+        if name.startswith("_") and name != "__call__":
+            raise AttributeError(
+                f"deployment {self.info.deployment!r}: method {name!r} is private"
+            )
+        fn = getattr(self.user, name, None)
+        if fn is None or not callable(fn):
+            raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
+        return fn  # type: ignore[no-any-return]
+
+
+class _Started:
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: Any = None) -> None:
+        self._callback(value)
+
+
+class ReplicaProcessContext:
+    """Routers for the handles a replica process holds.
+
+    Tasks (in a system nursery of this process's Trio run, as the context lives as long as
+    the process): the controller connection, one membership watch per deployment called from
+    here, and one connection per downstream replica.
+    """
+
+    def __init__(self, controller_address: str, token: str) -> None:
+        self.trio_token = trio.lowlevel.current_trio_token()
+        self._address = controller_address
+        self._token = token
+        self._routers: dict[tuple[str, str], Router] = {}
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self._conns: dict[str, actors.RemoteRef] = {}
+        self._connecting: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._controller: actors.RemoteRef | None = None
+
+    async def start(self) -> None:
+        ready = trio.Event()
+        error: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._controller = await nursery.start(
+                        lambda task_status: actors.connect(
+                            self._address,
+                            token=self._token,
+                            name="controller",
+                            task_status=task_status,
+                        )
+                    )
+                    ready.set()
+                    await trio.sleep_forever()
+            except Exception as exc:  # why: reported to start(); a system task must not raise
+                error.append(exc)
+                ready.set()
+
+        trio.lowlevel.spawn_system_task(run)
+        await ready.wait()
+        if error:
+            raise error[0]
+
+    def router(self, app: str, deployment: str) -> Router:
+        key = (app, deployment)
+        router = self._routers.get(key)
+        if router is None:
+            assert self._nursery is not None
+            router = Router(deployment, nursery=self._nursery)
+            self._routers[key] = router
+            self._nursery.start_soon(self._watch, key, router)
+        return router
+
+    async def _watch(self, key: tuple[str, str], router: Router) -> None:
+        assert self._controller is not None
+        stream = self._controller.submit_stream("watch", key)
+        try:
+            async for update in stream:
+                if update.get("error"):
+                    router.mark_unavailable(update["error"])
+                    continue
+                self._latest[key] = update
+                self._apply(key, router)
+        except actors.ActorError:
+            pass
+        router.mark_unavailable("the serve instance is gone")
+
+    def _apply(self, key: tuple[str, str], router: Router) -> None:
+        update = self._latest.get(key)
+        if update is None:
+            return
+        refs: dict[str, actors.ActorRef] = {}
+        for replica_id, address in update["replicas"]:
+            if address is None:
+                router.mark_unavailable(
+                    f"deployment {key[1]!r} runs inline in the serve process and cannot be "
+                    "called from a replica process; give it placement='process'"
+                )
+                return
+            ref = self._conns.get(address)
+            if ref is not None and ref.alive:
+                refs[replica_id] = ref
+            elif address not in self._connecting:
+                self._connecting.add(address)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._connect, address)
+        router.update(refs, max_ongoing=update["max_ongoing"], max_queued=update["max_queued"])
+
+    async def _connect(self, address: str) -> None:
+        def on_connected(ref: actors.RemoteRef) -> None:
+            self._conns[address] = ref
+            self._connecting.discard(address)
+            for key, router in self._routers.items():
+                self._apply(key, router)
+
+        try:
+            await actors.connect(
+                address, token=self._token, name=address, task_status=_Started(on_connected)
+            )
+        except actors.ActorError:
+            pass  # the replica went away before we reached it; membership will follow
+        finally:
+            self._connecting.discard(address)
+            self._conns.pop(address, None)

@@ -1,0 +1,267 @@
+"""The router: one per (process, deployment); the client-side load balancer of handles.
+
+It keeps the deployment's replicas (pushed by the controller), picks one per request by
+power of two choices on its own in-flight counts, never sends a replica more than
+``max_ongoing_requests``, and queues requests while every replica is full. A replica that
+refuses a request (at capacity because of other routers) gets it back into the queue's
+front; a replica that dies fails the requests it accepted with ``ReplicaDiedError`` and
+the queue moves to the others. Everything here is synchronous and callback-driven, so a
+request costs no task of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from actors import (
+    ActorDiedError,
+    ActorRef,
+    CallCancelledError,
+    CallFuture,
+    RejectedError,
+    StreamReceiver,
+)
+
+from ._balance import pick_replica
+from ._response import DeploymentResponse, DeploymentResponseGenerator, _Request
+from .exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaDiedError,
+    RequestCancelledError,
+)
+
+REJECT_BACKOFF_S = 0.002
+
+
+@attrs.define(eq=False)
+class ReplicaSlot:
+    replica_id: str
+    ref: ActorRef
+    in_flight: int = 0
+    blocked_until: float = 0.0
+
+
+@attrs.define
+class RouterStats:
+    queued: int
+    resolving: int
+    in_flight: dict[str, int]
+    requests: int
+    errors: int
+
+
+class Router:
+    """Routes requests for one deployment from this process.
+
+    Tasks: none per request. A short timer task (in ``nursery``) retries the queue after a
+    replica refused a request.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        nursery: trio.Nursery,
+        rng: random.Random | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._nursery = nursery
+        self._rng = rng or random.Random()
+        self._slots: list[ReplicaSlot] = []
+        self._queue: collections.deque[_Request] = collections.deque()
+        self.resolving = 0
+        self.max_ongoing = 1
+        self.max_queued = -1
+        self.unavailable: str | None = None
+        self._retry_scheduled = False
+        self.requests = 0
+        self.errors = 0
+        self._on_change = on_change
+
+    # -- membership (pushed by the controller)
+
+    def update(
+        self,
+        replicas: dict[str, ActorRef],
+        *,
+        max_ongoing: int,
+        max_queued: int,
+    ) -> None:
+        """Replace the replica set; slots of replicas that stay keep their counts."""
+        self.max_ongoing = max_ongoing
+        self.max_queued = max_queued
+        self.unavailable = None
+        old = {s.replica_id: s for s in self._slots}
+        slots = []
+        for rid, ref in replicas.items():
+            slot = old.get(rid)
+            if slot is None or slot.ref is not ref:
+                slot = ReplicaSlot(rid, ref)
+            slots.append(slot)
+        self._slots = slots
+        self._drain()
+
+    def mark_unavailable(self, reason: str) -> None:
+        """The deployment is gone: fail everything queued, and what comes later."""
+        self.unavailable = reason
+        self._slots = []
+        queue, self._queue = self._queue, collections.deque()
+        for req in queue:
+            req._fail(DeploymentUnavailableError(reason, deployment=self.name))
+
+    @property
+    def replica_ids(self) -> list[str]:
+        return [s.replica_id for s in self._slots]
+
+    def stats(self) -> RouterStats:
+        return RouterStats(
+            queued=sum(1 for r in self._queue if not r.done()),
+            resolving=self.resolving,
+            in_flight={s.replica_id: s.in_flight for s in self._slots},
+            requests=self.requests,
+            errors=self.errors,
+        )
+
+    # -- requests
+
+    def submit(self, req: _Request) -> None:
+        """Take a new request: resolve chained arguments, then assign or queue it."""
+        self.requests += 1
+        if self.unavailable is not None:
+            req._fail(DeploymentUnavailableError(self.unavailable, deployment=self.name))
+            return
+        upstream = req._upstream()
+        if not upstream:
+            self._enqueue(req)
+            return
+        self.resolving += 1
+        remaining = [len(upstream)]
+
+        def on_upstream_done(_fut: CallFuture) -> None:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+            self.resolving -= 1
+            if req.done():
+                return
+            error = req._substitute()
+            if error is not None:
+                req._fail(error)
+            else:
+                self._enqueue(req)
+
+        for resp in upstream:
+            resp._future.add_done_callback(on_upstream_done)
+
+    def _enqueue(self, req: _Request) -> None:
+        if not self._queue and self._assign(req):
+            return
+        if self.max_queued != -1 and len(self._queue) >= self.max_queued:
+            self._queue_compact()
+            if len(self._queue) >= self.max_queued:
+                self.errors += 1
+                req._fail(BackPressureError(self.name, len(self._queue), self.max_queued))
+                return
+        self._queue.append(req)
+
+    def _queue_compact(self) -> None:
+        self._queue = collections.deque(r for r in self._queue if not r.done())
+
+    def forget(self, req: _Request) -> None:
+        """A request was cancelled; queued ones are dropped lazily by the drain."""
+
+    def _pick(self) -> ReplicaSlot | None:
+        slots = self._slots
+        if not slots:
+            return None
+        now = trio.current_time() if any(s.blocked_until for s in slots) else 0.0
+        blocked = [s.blocked_until > now for s in slots] if now else ()
+        index = pick_replica([s.in_flight for s in slots], self.max_ongoing, self._rng, blocked)
+        return None if index is None else slots[index]
+
+    def _assign(self, req: _Request) -> bool:
+        while True:
+            slot = self._pick()
+            if slot is None:
+                return False
+            inner: CallFuture | StreamReceiver
+            if req.stream:
+                inner = slot.ref.submit_stream(req._method, req._args, req._kwargs)
+            else:
+                inner = slot.ref.submit(req._method, req._args, req._kwargs)
+            if inner.done() and isinstance(inner.exception(), ActorDiedError):
+                # never left this process: drop the replica and try another
+                self._slots = [s for s in self._slots if s is not slot]
+                continue
+            slot.in_flight += 1
+            req._mark_assigned(slot.replica_id, inner)
+            inner.add_done_callback(partial(self._on_done, slot, req))  # type: ignore[arg-type]
+            return True
+
+    def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
+        slot.in_flight -= 1
+        error = inner.exception()
+        if type(error) is RejectedError and not req.done():
+            slot.blocked_until = trio.current_time() + REJECT_BACKOFF_S
+            req._unassign()
+            self._queue.appendleft(req)
+            self._schedule_retry()
+        elif isinstance(error, ActorDiedError):
+            self.errors += 1
+            self._fail_or_end(
+                req,
+                ReplicaDiedError(
+                    f"replica {slot.replica_id} of {self.name} died while handling the "
+                    f"request: {error}",
+                    deployment=self.name,
+                    replica_id=slot.replica_id,
+                ),
+            )
+        elif isinstance(error, CallCancelledError):
+            self._fail_or_end(req, RequestCancelledError(str(error)))
+        else:
+            if error is not None:
+                self.errors += 1
+            if isinstance(req, DeploymentResponse):
+                req._finish(inner)
+            elif isinstance(req, DeploymentResponseGenerator):
+                req._finish_stream(error)
+        self._drain()
+
+    @staticmethod
+    def _fail_or_end(req: _Request, error: BaseException) -> None:
+        if isinstance(req, DeploymentResponseGenerator):
+            req._finish_stream(error)
+        else:
+            req._fail(error)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            req = queue[0]
+            if req.done():
+                queue.popleft()
+                continue
+            if not self._assign(req):
+                return
+            queue.popleft()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_scheduled:
+            return
+        self._retry_scheduled = True
+
+        async def retry() -> None:
+            await trio.sleep(REJECT_BACKOFF_S)
+            self._retry_scheduled = False
+            self._drain()
+
+        self._nursery.start_soon(retry)

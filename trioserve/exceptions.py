@@ -1,0 +1,68 @@
+"""Errors raised by trioserve.
+
+The tree::
+
+    ServeError
+    ├── BackPressureError           the handle's queue is full (max_queued_requests)
+    ├── ReplicaDiedError            the replica handling the request died
+    ├── DeploymentUnavailableError  no such deployment, or it cannot be reached from here
+    ├── DeploymentFailedError       a deployment could not start (its constructor raised)
+    ├── RequestCancelledError       the request was cancelled
+    └── RequestTimeoutError         .result(timeout_s=...) or get/wait timed out
+
+User exceptions raised inside a replica are re-raised in the caller with their own type,
+message and the remote traceback (as a note and as ``remote_traceback``); they are not
+wrapped. Lower-layer errors (``actors``) are translated to these at one seam, the router.
+"""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """Root of every error trioserve raises itself."""
+
+
+class BackPressureError(ServeError):
+    """The request was refused because the handle's queue is full."""
+
+    def __init__(self, deployment: str, num_queued: int, max_queued: int) -> None:
+        super().__init__(
+            f"deployment {deployment!r} has {num_queued} queued requests "
+            f"(max_queued_requests={max_queued}); request dropped"
+        )
+        self.deployment = deployment
+        self.num_queued = num_queued
+        self.max_queued = max_queued
+
+
+class ReplicaDiedError(ServeError):
+    """The replica that accepted the request died before answering."""
+
+    def __init__(self, message: str, *, deployment: str, replica_id: str | None = None) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+        self.replica_id = replica_id
+
+
+class DeploymentUnavailableError(ServeError):
+    """The deployment does not exist (any more), or cannot be reached from this process."""
+
+    def __init__(self, message: str, *, deployment: str | None = None) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+
+
+class DeploymentFailedError(ServeError):
+    """A deployment could not start; ``__cause__`` is the error its replica raised."""
+
+    def __init__(self, message: str, *, deployment: str) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+
+
+class RequestCancelledError(ServeError):
+    """The request was cancelled by its caller (``.cancel()`` or a cancelled task)."""
+
+
+class RequestTimeoutError(ServeError, TimeoutError):
+    """Waiting for a result took longer than the timeout given."""
