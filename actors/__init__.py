@@ -66,11 +66,11 @@ __all__ = [
     "Supervisor",
     "SupervisorGaveUpError",
     "connect",
+    "instance_token",
     "open_actor_system",
     "open_connection",
     "open_supervisor",
     "run_inline_actor",
-    "instance_token",
     "serve_host",
     "serve_links",
 ]

@@ -20,8 +20,8 @@ from ._host import ActorHost
 from ._inline import build_object
 from ._link import Link
 from ._process import ENV_CHILD_ID, ENV_PARENT, ENV_TOKEN
-from ._spec import ActorSpec
 from ._serve import serve_host
+from ._spec import ActorSpec
 from ._transport import open_raw_link
 
 

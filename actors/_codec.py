@@ -143,12 +143,12 @@ def decode_error(data: bytes | msgspec.Raw) -> BaseException:
     attached as a note (and as ``remote_traceback``)."""
     try:
         info = _info_decoder.decode(data)
-    except msgspec.MsgspecError as exc:
-        return ProtocolError(f"malformed error payload: {exc}")
-    exc = _rebuild(info)
+    except msgspec.MsgspecError as bad:
+        return ProtocolError(f"malformed error payload: {bad}")
+    error = _rebuild(info)
     try:
-        exc.add_note(f"Remote traceback:\n{info.traceback.rstrip()}")
-        exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
+        error.add_note(f"Remote traceback:\n{info.traceback.rstrip()}")
+        error.remote_traceback = info.traceback  # type: ignore[attr-defined]
     except Exception:  # why: exotic exception types may refuse attributes; the type still matters
         pass
-    return exc
+    return error

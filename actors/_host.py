@@ -83,9 +83,7 @@ class _WireReply(_Reply):
         self.link.send_nowait(_wire.Failure(self.call_id, _wire.Raw(_codec.encode_error(exc))))
 
     def item(self, value: Any) -> None:
-        self.link.send_nowait(
-            _wire.StreamItem(self.call_id, _wire.Raw(_codec.encode_value(value)))
-        )
+        self.link.send_nowait(_wire.StreamItem(self.call_id, _wire.Raw(_codec.encode_value(value))))
 
     def end(self) -> None:
         self.link.send_nowait(_wire.StreamEnd(self.call_id))
@@ -150,14 +148,16 @@ class ActorHost:
         cached = self._methods.get(name)
         if cached is not None:
             return cached
+        fn: Callable[..., Any]
         if self._dispatch is not None:
             fn = self._dispatch(name)
         else:
             if name.startswith("_") and name != "__call__":
                 raise AttributeError(f"{self.name} has no public method {name!r}")
-            fn = getattr(self.obj, name, None)
-            if fn is None or not callable(fn):
+            found = getattr(self.obj, name, None)
+            if found is None or not callable(found):
                 raise AttributeError(f"{self.name} has no method {name!r}")
+            fn = found
         entry = (fn, method_kind(fn))
         self._methods[name] = entry
         return entry

@@ -101,7 +101,7 @@ class Link:
             else:
                 size = 0
                 cut = 0
-                for cut, data in enumerate(batch):  # noqa: B007
+                for cut, data in enumerate(batch):
                     if size + len(data) > limit and cut > 0:
                         break
                     size += len(data)

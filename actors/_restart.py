@@ -69,4 +69,4 @@ def backoff_delay(
     scaled by a random factor in [0.5, 1.0] so restarts of many children do not align."""
     if attempt <= 0:
         return 0.0
-    return min(cap_s, base_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
+    return float(min(cap_s, base_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0))

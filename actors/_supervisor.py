@@ -83,9 +83,7 @@ class Supervisor:
         self._on_change = on_change
         self._backoff_base_s = backoff_base_s
         self._children: dict[str, _Child] = {}
-        self._exits_send, self._exits = trio.open_memory_channel[tuple[str, int, bool, str]](
-            1000
-        )
+        self._exits_send, self._exits = trio.open_memory_channel[tuple[str, int, bool, str]](1000)
         self.restarts = 0
 
     # -- queries
@@ -198,9 +196,7 @@ class Supervisor:
                 if other != child_id:
                     await self._stop(self._children[other])
             await trio.sleep(
-                backoff_delay(
-                    self.intensity.recent(now), self._rng, base_s=self._backoff_base_s
-                )
+                backoff_delay(self.intensity.recent(now), self._rng, base_s=self._backoff_base_s)
             )
             for cid in group:
                 victim = self._children.get(cid)

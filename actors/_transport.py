@@ -8,9 +8,9 @@ with HTTP 401 before any message is read. Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, NoReturn
+from typing import NoReturn
 
 import trio
 from trio_websocket import (

@@ -9,7 +9,7 @@ appended, with defaults.
 from __future__ import annotations
 
 import msgspec
-from msgspec import Raw
+from msgspec import Raw as Raw
 
 PROTOCOL = "actors.v1"
 
@@ -18,7 +18,7 @@ class _Envelope(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
     pass
 
 
-class Call(_Envelope, tag=1):
+class Call(_Envelope, tag=1, frozen=True):
     """Run ``method`` with the encoded ``[args, kwargs]`` in ``payload``."""
 
     id: int
@@ -28,74 +28,74 @@ class Call(_Envelope, tag=1):
     stream: bool = False
 
 
-class Result(_Envelope, tag=2):
+class Result(_Envelope, tag=2, frozen=True):
     id: int
     value: Raw
 
 
-class Failure(_Envelope, tag=3):
+class Failure(_Envelope, tag=3, frozen=True):
     """The call raised; ``error`` is an encoded :class:`ErrorInfo`."""
 
     id: int
     error: Raw
 
 
-class Rejected(_Envelope, tag=4):
+class Rejected(_Envelope, tag=4, frozen=True):
     """The actor is at capacity; the call never started and may be retried elsewhere."""
 
     id: int
     reason: str
 
 
-class Cancel(_Envelope, tag=5):
+class Cancel(_Envelope, tag=5, frozen=True):
     id: int
 
 
-class StreamItem(_Envelope, tag=6):
+class StreamItem(_Envelope, tag=6, frozen=True):
     id: int
     value: Raw
 
 
-class StreamEnd(_Envelope, tag=7):
+class StreamEnd(_Envelope, tag=7, frozen=True):
     id: int
 
 
-class StreamAck(_Envelope, tag=8):
+class StreamAck(_Envelope, tag=8, frozen=True):
     """The caller consumed ``n`` more items; the actor may send ``n`` more."""
 
     id: int
     n: int
 
 
-class Heartbeat(_Envelope, tag=9):
+class Heartbeat(_Envelope, tag=9, frozen=True):
     pass
 
 
-class Hello(_Envelope, tag=10):
+class Hello(_Envelope, tag=10, frozen=True):
     """First message of a child on its control connection."""
 
     child_id: str
     pid: int
 
 
-class Spec(_Envelope, tag=11):
+class Spec(_Envelope, tag=11, frozen=True):
     """Parent to child: the pickled object spec to build (after authentication only)."""
 
     blob: bytes
 
 
-class Ready(_Envelope, tag=12):
+class Ready(_Envelope, tag=12, frozen=True):
     """Child to parent: the object is built and serving calls at ``host:port``."""
 
     host: str
     port: int
 
 
-class SpecFailed(_Envelope, tag=13):
+class SpecFailed(_Envelope, tag=13, frozen=True):
     error: Raw
 
 
-class Stop(_Envelope, tag=14):
+class Stop(_Envelope, tag=14, frozen=True):
     """Parent to child: stop taking calls, finish in-flight ones within ``grace_s``, exit."""
 
     grace_s: float

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import trio
 
@@ -61,10 +62,8 @@ class _Background:
     def stop(self) -> None:
         if self.token is not None and self._stop is not None and self._thread.is_alive():
             check_not_in_loop(self.token, "serve.shutdown()")
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
-            except trio.RunFinishedError:
-                pass
         self._thread.join()
 
 
@@ -143,6 +142,14 @@ def delete(name: str) -> None:
     bg.call(instance.delete, name)
 
 
+@overload
+def get_app_handle(name: str = ..., sync: Literal[True] = True) -> SyncHandle: ...
+@overload
+def get_app_handle(name: str, sync: Literal[False]) -> DeploymentHandle: ...
+@overload
+def get_app_handle(*, sync: Literal[False]) -> DeploymentHandle: ...
+
+
 def get_app_handle(name: str = "default", sync: bool = True) -> SyncHandle | DeploymentHandle:
     bg, instance = _instance()
 
@@ -153,6 +160,16 @@ def get_app_handle(name: str = "default", sync: bool = True) -> SyncHandle | Dep
     handle = bg.call(get)
     assert bg.token is not None
     return SyncHandle(handle, bg.token) if sync else handle
+
+
+@overload
+def get_deployment_handle(
+    deployment_name: str, app_name: str = ..., sync: Literal[True] = True
+) -> SyncHandle: ...
+@overload
+def get_deployment_handle(
+    deployment_name: str, app_name: str = ..., *, sync: Literal[False]
+) -> DeploymentHandle: ...
 
 
 def get_deployment_handle(
@@ -175,7 +192,9 @@ def get_deployment_handle_any_app(
         return instance.find_deployment_app(deployment_name)
 
     app_name = bg.call(find)
-    return get_deployment_handle(deployment_name, app_name, sync=sync)
+    handle = instance.get_deployment_handle(deployment_name, app_name)
+    assert bg.token is not None
+    return SyncHandle(handle, bg.token) if sync else handle
 
 
 # -- get / wait

@@ -18,9 +18,7 @@ def pick_replica(
     if n == 0:
         return None
     if n <= 8:
-        candidates = [
-            i for i in range(n) if loads[i] < limit and not (blocked and blocked[i])
-        ]
+        candidates = [i for i in range(n) if loads[i] < limit and not (blocked and blocked[i])]
     else:
         # sample first: with many replicas, most have room and a scan is wasted work
         for _ in range(2):
@@ -33,9 +31,7 @@ def pick_replica(
                 return a
             if ok_b:
                 return b
-        candidates = [
-            i for i in range(n) if loads[i] < limit and not (blocked and blocked[i])
-        ]
+        candidates = [i for i in range(n) if loads[i] < limit and not (blocked and blocked[i])]
     if not candidates:
         return None
     if len(candidates) == 1:

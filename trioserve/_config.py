@@ -48,12 +48,8 @@ class AutoscalingConfig:
     downscale_delay_s: float = attrs.field(
         default=600.0, validator=_non_negative("downscale_delay_s")
     )
-    look_back_period_s: float = attrs.field(
-        default=30.0, validator=_positive("look_back_period_s")
-    )
-    metrics_interval_s: float = attrs.field(
-        default=10.0, validator=_positive("metrics_interval_s")
-    )
+    look_back_period_s: float = attrs.field(default=30.0, validator=_positive("look_back_period_s"))
+    metrics_interval_s: float = attrs.field(default=10.0, validator=_positive("metrics_interval_s"))
     smoothing_factor: float = attrs.field(default=1.0, validator=_positive("smoothing_factor"))
     upscaling_factor: float | None = None
     downscaling_factor: float | None = None
@@ -63,8 +59,7 @@ class AutoscalingConfig:
             raise ValueError(f"min_replicas must be an int >= 0, got {self.min_replicas!r}")
         if self.min_replicas > self.max_replicas:
             raise ValueError(
-                f"min_replicas ({self.min_replicas}) must be <= max_replicas "
-                f"({self.max_replicas})"
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
             )
         init = self.initial_replicas
         if init is not None and not (self.min_replicas <= init <= self.max_replicas):

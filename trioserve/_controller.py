@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import actors
 import attrs
 import trio
+
+import actors
 
 from ._config import DeploymentConfig
 from ._deployment import Application, Deployment, replace_apps
@@ -262,7 +263,9 @@ class Controller:
         )
         await state.supervisor.start_child(actors.ChildSpec(id=replica_id, actor=spec))
 
-    def _on_replica(self, state: DeploymentState, replica_id: str, actor: actors.Actor | None) -> None:
+    def _on_replica(
+        self, state: DeploymentState, replica_id: str, actor: actors.Actor | None
+    ) -> None:
         if actor is not None:
             state.replicas[replica_id] = actor
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._config import DeploymentConfig, apply_options
 
@@ -40,9 +40,9 @@ class Deployment:
         return Application(self, args, kwargs)
 
     @overload
-    def get_handle(self, sync: bool = True) -> SyncHandle | DeploymentHandle: ...
+    def get_handle(self, sync: Literal[True] = True) -> SyncHandle: ...
     @overload
-    def get_handle(self) -> SyncHandle: ...
+    def get_handle(self, sync: Literal[False]) -> DeploymentHandle: ...
 
     def get_handle(self, sync: bool = True) -> SyncHandle | DeploymentHandle:
         """A handle to this deployment once it is running (in any application)."""
@@ -72,19 +72,28 @@ class Application:
             for child in _find_apps((node.args, node.kwargs)):
                 visit(child)
             prev = seen.get(node.deployment.name)
-            if prev is not None and prev is not node:
-                if prev.deployment is not node.deployment or (
-                    prev.args,
-                    prev.kwargs,
-                ) != (node.args, node.kwargs):
-                    raise ValueError(
-                        f"two different deployments in one application are named "
-                        f"{node.deployment.name!r}; give one another name with .options(name=...)"
-                    )
+            if prev is not None and not _same_binding(prev, node):
+                raise ValueError(
+                    f"two different deployments in one application are named "
+                    f"{node.deployment.name!r}; give one another name with .options(name=...)"
+                )
             seen.setdefault(node.deployment.name, node)
 
         visit(self)
         return list(seen.values())
+
+
+def _same_binding(a: Application, b: Application) -> bool:
+    """Whether two bound nodes are the same deployment with the very same arguments."""
+    if a is b:
+        return True
+    if a.deployment is not b.deployment or len(a.args) != len(b.args):
+        return False
+    if a.kwargs.keys() != b.kwargs.keys():
+        return False
+    return all(x is y for x, y in zip(a.args, b.args, strict=True)) and all(
+        a.kwargs[k] is b.kwargs[k] for k in a.kwargs
+    )
 
 
 def _find_apps(value: Any) -> list[Application]:
@@ -115,7 +124,9 @@ def replace_apps(value: Any, convert: Callable[[Application], Any]) -> Any:
 
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name or "/" in name or "#" in name:
-        raise ValueError(f"deployment name must be a non-empty str without '/' or '#', got {name!r}")
+        raise ValueError(
+            f"deployment name must be a non-empty str without '/' or '#', got {name!r}"
+        )
 
 
 @overload
@@ -131,11 +142,11 @@ def deployment(
 ) -> Deployment | Callable[[Callable[..., Any]], Deployment]:
     """Turn a class or function into a :class:`Deployment`; with or without options::
 
-        @deployment
-        class A: ...
+    @deployment
+    class A: ...
 
-        @deployment(num_replicas=2, max_ongoing_requests=8)
-        class B: ...
+    @deployment(num_replicas=2, max_ongoing_requests=8)
+    class B: ...
     """
 
     def wrap(target: Callable[..., Any]) -> Deployment:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import actors
 import trio
+
+import actors
 
 from . import _context
 from ._controller import Controller
@@ -22,9 +23,7 @@ class ServeInstance:
     """A running serve instance: its controller, replicas and routers live in the nursery
     of :func:`open_serve`."""
 
-    def __init__(
-        self, controller: Controller, http_host: str, http_port: int | None
-    ) -> None:
+    def __init__(self, controller: Controller, http_host: str, http_port: int | None) -> None:
         self._controller = controller
         self.trio_token = trio.lowlevel.current_trio_token()
         self.http_host = http_host
@@ -45,9 +44,7 @@ class ServeInstance:
         its ingress deployment once every replica of every deployment is running. A
         deployment that cannot start raises :class:`DeploymentFailedError` from its error."""
         if not isinstance(app, Application):
-            raise TypeError(
-                f"run() takes an application made with Deployment.bind(), got {app!r}"
-            )
+            raise TypeError(f"run() takes an application made with Deployment.bind(), got {app!r}")
         if route_prefix is not None and not route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
         await self._controller.deploy(app, name, route_prefix, force_inline=local_testing_mode)

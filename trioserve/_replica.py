@@ -13,9 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import actors
 import attrs
 import trio
+
+import actors
 
 from . import _context
 from ._router import Router
@@ -78,9 +79,7 @@ class Replica:
                 )
             return self.user  # type: ignore[no-any-return]
         if name.startswith("_") and name != "__call__":
-            raise AttributeError(
-                f"deployment {self.info.deployment!r}: method {name!r} is private"
-            )
+            raise AttributeError(f"deployment {self.info.deployment!r}: method {name!r} is private")
         fn = getattr(self.user, name, None)
         if fn is None or not callable(fn):
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")

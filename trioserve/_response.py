@@ -12,6 +12,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import trio
+
 from actors import CallFuture, StreamReceiver
 
 from .exceptions import RequestCancelledError
@@ -148,7 +149,9 @@ class DeploymentResponse(_Request):
     def cancel(self) -> None:
         """Cancel the request; awaiting it then raises :class:`RequestCancelledError`."""
         if not self._future.done():
-            self._future.set_error(RequestCancelledError(f"request to {self._router.name} was cancelled"))
+            self._future.set_error(
+                RequestCancelledError(f"request to {self._router.name} was cancelled")
+            )
             self._on_cancel()
 
     def _on_cancel(self) -> None:
@@ -213,12 +216,12 @@ class DeploymentResponseGenerator(_Request):
             self.cancel()
             raise
         inner = self._inner
+        assert inner is None or isinstance(inner, StreamReceiver)
         if inner is None or (self._error is not None and inner.finished):
             if self._error is not None:
                 err, self._error = self._error, None
                 raise err
             raise StopAsyncIteration
-        assert isinstance(inner, StreamReceiver)
         try:
             return await inner.__anext__()
         except StopAsyncIteration:

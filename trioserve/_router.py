@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import trio
+
 from actors import (
     ActorDiedError,
     ActorRef,
@@ -203,7 +204,7 @@ class Router:
                 continue
             slot.in_flight += 1
             req._mark_assigned(slot.replica_id, inner)
-            inner.add_done_callback(partial(self._on_done, slot, req))  # type: ignore[arg-type]
+            inner.add_done_callback(partial(self._on_done, slot, req))
             return True
 
     def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
