@@ -10,6 +10,8 @@ from __future__ import annotations
 from ._future import CallFuture as CallFuture
 from ._future import StreamReceiver as StreamReceiver
 from ._host import ActorHost as ActorHost
+from ._host import method_kind as method_kind
+from ._host import push_stream as push_stream
 from ._inline import InlineRef as InlineRef
 from ._inline import run_inline_actor as run_inline_actor
 from ._link import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
@@ -67,9 +69,11 @@ __all__ = [
     "SupervisorGaveUpError",
     "connect",
     "instance_token",
+    "method_kind",
     "open_actor_system",
     "open_connection",
     "open_supervisor",
+    "push_stream",
     "run_inline_actor",
     "serve_host",
     "serve_links",

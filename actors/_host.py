@@ -20,10 +20,18 @@ from ._future import CallFuture, StreamReceiver
 from ._link import Link
 from .exceptions import CallCancelledError, DeadlineExceededError, RejectedError
 
-_KINDS = ("async", "sync", "asyncgen", "syncgen")
+
+def push_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an ``async def fn(emit, *args, **kwargs)`` as a push-style stream: it sends
+    items with ``await emit(item)`` (which waits for the caller's credit) instead of
+    yielding them. Callers see an ordinary stream."""
+    fn.__actor_push_stream__ = True  # type: ignore[attr-defined]
+    return fn
 
 
 def method_kind(fn: Callable[..., Any]) -> str:
+    if getattr(fn, "__actor_push_stream__", False):
+        return "push"
     target = inspect.unwrap(fn)
     if inspect.isasyncgenfunction(target):
         return "asyncgen"
@@ -141,6 +149,11 @@ class ActorHost:
         self._idle = trio.lowlevel.ParkingLot()
         dispatch = getattr(obj, "__actor_dispatch__", None)
         self._dispatch: Callable[[str], Callable[..., Any]] | None = dispatch
+        #: called as ``observer(method, seconds, ok)`` after every call, if set
+        self.observer: Callable[[str, float, bool], None] | None = None
+        attach = getattr(obj, "__actor_attach__", None)
+        if attach is not None:
+            attach(self)
 
     # -- method lookup
 
@@ -215,6 +228,8 @@ class ActorHost:
         kwargs: dict[str, Any],
         credit: _Credit | None,
     ) -> None:
+        started = trio.current_time()
+        ok = False
         try:
             with scope:
                 try:
@@ -223,9 +238,11 @@ class ActorHost:
                     fn, kind = self.resolve(method)
                     if credit is None:
                         value = await self._invoke(fn, kind, args, kwargs)
+                        ok = True
                         reply.result(value)
                     else:
                         await self._stream(reply, fn, kind, args, kwargs, credit)
+                        ok = True
                         reply.end()
                 except Exception as exc:
                     reply.error(exc)
@@ -238,6 +255,8 @@ class ActorHost:
             pass
         finally:
             self._release()
+            if self.observer is not None:
+                self.observer(method, trio.current_time() - started, ok)
 
     @staticmethod
     async def _invoke(
@@ -260,7 +279,14 @@ class ActorHost:
         kwargs: dict[str, Any],
         credit: _Credit,
     ) -> None:
-        if kind == "asyncgen":
+        if kind == "push":
+
+            async def emit(item: Any) -> None:
+                await credit.take()
+                reply.item(item)
+
+            await fn(emit, *args, **kwargs)
+        elif kind == "asyncgen":
             agen = fn(*args, **kwargs)
             try:
                 async for item in agen:

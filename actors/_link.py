@@ -130,8 +130,10 @@ class Link:
             except msgspec.MsgspecError as exc:
                 await self._protocol_error(f"malformed message: {exc}")
                 return
+            heartbeat = _wire.Heartbeat
             for envelope in batch:
-                on_envelope(envelope)
+                if type(envelope) is not heartbeat:
+                    on_envelope(envelope)
 
     async def _protocol_error(self, reason: str) -> None:
         self._mark_closed(f"protocol error: {reason}")

@@ -13,6 +13,7 @@ from ._api import start as start
 from ._api import status as status
 from ._api import wait as wait
 from ._api import wait_async as wait_async
+from ._asgi import ingress as ingress
 from ._config import AutoscalingConfig as AutoscalingConfig
 from ._config import DeploymentConfig as DeploymentConfig
 from ._deployment import Application as Application
@@ -22,6 +23,9 @@ from ._handle import DeploymentHandle as DeploymentHandle
 from ._handle import SyncHandle as SyncHandle
 from ._handle import SyncResponse as SyncResponse
 from ._handle import SyncResponseGenerator as SyncResponseGenerator
+from ._http import Request as Request
+from ._http import Response as Response
+from ._http_server import HTTPLimits as HTTPLimits
 from ._instance import ServeInstance as ServeInstance
 from ._instance import open_serve as open_serve
 from ._response import DeploymentResponse as DeploymentResponse
@@ -51,10 +55,13 @@ __all__ = [
     "DeploymentResponseGenerator",
     "DeploymentStatus",
     "DeploymentUnavailableError",
+    "HTTPLimits",
     "ReplicaDiedError",
     "ReplicaStatus",
+    "Request",
     "RequestCancelledError",
     "RequestTimeoutError",
+    "Response",
     "ServeError",
     "ServeInstance",
     "ServeStatus",
@@ -67,6 +74,7 @@ __all__ = [
     "get_app_handle",
     "get_async",
     "get_deployment_handle",
+    "ingress",
     "open_serve",
     "run",
     "shutdown",

@@ -97,6 +97,10 @@ class Controller:
             self.address = f"ws://{bound}:{port}"
             task_status.started(self.address)
 
+    @property
+    def routers(self) -> dict[tuple[str, str], Router]:
+        return self._routers
+
     # -- membership
 
     def _find(self, key: tuple[str, str]) -> DeploymentState | None:

@@ -23,7 +23,15 @@ class DeploymentHandle:
     replica process's own router.
     """
 
-    __slots__ = ("_context", "_router", "app_name", "deployment_name", "method_name", "stream")
+    __slots__ = (
+        "_context",
+        "_router",
+        "_source",
+        "app_name",
+        "deployment_name",
+        "method_name",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -40,6 +48,7 @@ class DeploymentHandle:
         self.stream = stream
         self._context = _context
         self._router: Router | None = None
+        self._source = "handle"
 
     def __repr__(self) -> str:
         return (
@@ -58,6 +67,7 @@ class DeploymentHandle:
             _context=self._context,
         )
         handle._router = self._router
+        handle._source = self._source
         return handle
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -84,6 +94,7 @@ class DeploymentHandle:
             response = DeploymentResponseGenerator(router, self.method_name, args, kwargs)
         else:
             response = DeploymentResponse(router, self.method_name, args, kwargs)
+        response._source = self._source
         router.submit(response)
         return response
 

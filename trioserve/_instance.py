@@ -13,6 +13,8 @@ from . import _context
 from ._controller import Controller
 from ._deployment import Application
 from ._handle import DeploymentHandle
+from ._http_server import HTTPLimits, serve_http
+from ._proxy import HTTPProxy
 from ._router import Router
 from ._status import ServeStatus
 
@@ -27,7 +29,15 @@ class ServeInstance:
         self._controller = controller
         self.trio_token = trio.lowlevel.current_trio_token()
         self.http_host = http_host
+        #: the port the HTTP proxy listens on (the bound one when 0 was asked), or None
         self.http_port = http_port
+        self.proxy: HTTPProxy | None = None
+
+    @property
+    def http_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        return f"http://{self.http_host}:{self.http_port}"
 
     def router(self, app: str, deployment: str) -> Router:
         return self._controller.router(app, deployment)
@@ -73,24 +83,55 @@ class ServeInstance:
 
 @asynccontextmanager
 async def open_serve(
-    *, http_host: str = "127.0.0.1", http_port: int | None = 8000
+    *,
+    http_host: str = "127.0.0.1",
+    http_port: int | None = 8000,
+    request_timeout_s: float | None = None,
+    http_limits: HTTPLimits | None = None,
+    show_tracebacks: bool = False,
 ) -> AsyncIterator[ServeInstance]:
     """Open a serve instance for this block.
 
-    Tasks: the controller, its listener, every deployment's supervisor and replicas, and the
-    routers' timers, in this block's nursery. Leaving the block drains every application and
-    stops every replica process (no process outlives the block).
+    ``http_port=None`` runs no HTTP proxy; ``0`` picks a free port (see
+    ``instance.http_port``). ``request_timeout_s`` bounds HTTP requests (504 past it).
+
+    Tasks: the controller, its listener, the HTTP proxy and its connections, every
+    deployment's supervisor and replicas, and the routers' timers, in this block's nursery.
+    Leaving the block stops the proxy, drains every application and stops every replica
+    process (no process outlives the block).
     """
     async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
         controller = Controller(system, nursery)
         await nursery.start(controller.serve_api)
         instance = ServeInstance(controller, http_host, http_port)
+        http_scope = trio.CancelScope()
+        if http_port is not None:
+            proxy = HTTPProxy(
+                instance,
+                controller,
+                request_timeout_s=request_timeout_s,
+                show_tracebacks=show_tracebacks,
+            )
+            instance.proxy = proxy
+
+            async def run_http(task_status: trio.TaskStatus[int]) -> None:
+                with http_scope:
+                    await serve_http(
+                        proxy.handle,
+                        host=http_host,
+                        port=http_port,
+                        limits=http_limits,
+                        task_status=task_status,
+                    )
+
+            instance.http_port = await nursery.start(run_http)
         previous = _context.current_or_none()
         _context.set_current(instance)
         try:
             yield instance
         finally:
             _context.set_current(previous)
+            http_scope.cancel()
             with trio.CancelScope(shield=True) as cleanup:  # why: drain and reap, bounded
                 cleanup.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
                 await controller.shutdown()

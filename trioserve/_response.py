@@ -34,6 +34,7 @@ class _Request:
         "_method",
         "_replica_id",
         "_router",
+        "_source",
         "_submitted_at",
     )
 
@@ -46,6 +47,7 @@ class _Request:
         self._assigned: trio.Event | None = None
         self._replica_id: str | None = None
         self._submitted_at = 0.0
+        self._source = "handle"
 
     stream = False
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -30,6 +29,7 @@ from actors import (
 )
 
 from ._balance import pick_replica
+from ._metrics import Histogram
 from ._response import DeploymentResponse, DeploymentResponseGenerator, _Request
 from .exceptions import (
     BackPressureError,
@@ -54,8 +54,8 @@ class RouterStats:
     queued: int
     resolving: int
     in_flight: dict[str, int]
-    requests: int
-    errors: int
+    requests: dict[str, int]
+    errors: dict[str, int]
 
 
 class Router:
@@ -71,7 +71,6 @@ class Router:
         *,
         nursery: trio.Nursery,
         rng: random.Random | None = None,
-        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._nursery = nursery
@@ -83,9 +82,10 @@ class Router:
         self.max_queued = -1
         self.unavailable: str | None = None
         self._retry_scheduled = False
-        self.requests = 0
-        self.errors = 0
-        self._on_change = on_change
+        #: requests and errors by source ("handle" or "http"), and latency by source
+        self.requests: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency = Histogram("latency", "")
 
     # -- membership (pushed by the controller)
 
@@ -127,16 +127,19 @@ class Router:
             queued=sum(1 for r in self._queue if not r.done()),
             resolving=self.resolving,
             in_flight={s.replica_id: s.in_flight for s in self._slots},
-            requests=self.requests,
-            errors=self.errors,
+            requests=dict(self.requests),
+            errors=dict(self.errors),
         )
 
     # -- requests
 
     def submit(self, req: _Request) -> None:
         """Take a new request: resolve chained arguments, then assign or queue it."""
-        self.requests += 1
+        source = req._source
+        self.requests[source] = self.requests.get(source, 0) + 1
+        req._submitted_at = trio.current_time()
         if self.unavailable is not None:
+            self._count_error(req)
             req._fail(DeploymentUnavailableError(self.unavailable, deployment=self.name))
             return
         upstream = req._upstream()
@@ -168,7 +171,7 @@ class Router:
         if self.max_queued != -1 and len(self._queue) >= self.max_queued:
             self._queue_compact()
             if len(self._queue) >= self.max_queued:
-                self.errors += 1
+                self._count_error(req)
                 req._fail(BackPressureError(self.name, len(self._queue), self.max_queued))
                 return
         self._queue.append(req)
@@ -207,6 +210,9 @@ class Router:
             inner.add_done_callback(partial(self._on_done, slot, req))
             return True
 
+    def _count_error(self, req: _Request) -> None:
+        self.errors[req._source] = self.errors.get(req._source, 0) + 1
+
     def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
         slot.in_flight -= 1
         error = inner.exception()
@@ -215,8 +221,12 @@ class Router:
             req._unassign()
             self._queue.appendleft(req)
             self._schedule_retry()
-        elif isinstance(error, ActorDiedError):
-            self.errors += 1
+            return
+        now = trio.current_time()
+        self.latency.observe((("source", req._source),), now - req._submitted_at)
+        if error is not None:
+            self._count_error(req)
+        if isinstance(error, ActorDiedError):
             self._fail_or_end(
                 req,
                 ReplicaDiedError(
@@ -229,8 +239,6 @@ class Router:
         elif isinstance(error, CallCancelledError):
             self._fail_or_end(req, RequestCancelledError(str(error)))
         else:
-            if error is not None:
-                self.errors += 1
             if isinstance(req, DeploymentResponse):
                 req._finish(inner)
             elif isinstance(req, DeploymentResponseGenerator):

@@ -1,0 +1,240 @@
+"""An HTTP/1.1 server on Trio streams, with h11 doing the protocol.
+
+Keep-alive and pipelining-safe (one request at a time per connection, in order), limits on
+header and body size, idle and request timeouts, and a client that disconnects cancels its
+request's handler. Malformed HTTP gets a 400 and closes only that connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn
+
+import attrs
+import h11
+import trio
+
+from ._http import Request
+
+RECEIVE_SIZE = 64 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class HTTPLimits:
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024
+    idle_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+
+
+@attrs.define
+class HTTPReply:
+    """What a handler answers: status, headers, and a body (bytes or an async iterator)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | AsyncIterator[bytes] = b""
+
+
+Handler = Callable[[Request], Awaitable[HTTPReply]]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def plain(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> HTTPReply:
+    headers = [("content-type", "text/plain; charset=utf-8"), *(extra or [])]
+    return HTTPReply(status, headers, text.encode())
+
+
+class _Connection:
+    def __init__(self, stream: trio.SocketStream, handler: Handler, limits: HTTPLimits) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.eof = False
+
+    async def _fill(self) -> None:
+        if self.eof:
+            raise _ClientGone
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            self.eof = True
+        self.conn.receive_data(data)
+
+    async def next_event(self) -> object:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._fill()
+                continue
+            return event
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def serve(self) -> None:
+        first = True
+        while True:
+            timeout = self.limits.header_timeout_s if first else self.limits.idle_timeout_s
+            first = False
+            with trio.move_on_after(timeout):
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._refuse(exc.error_status_hint, f"bad request: {exc}")
+                    return
+                except _ClientGone:
+                    return
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.Request):
+                    if not await self._handle(event):
+                        return
+                    if self.conn.our_state is h11.MUST_CLOSE or self.eof:
+                        return
+                    try:
+                        self.conn.start_next_cycle()
+                    except h11.LocalProtocolError:
+                        return
+                    continue
+                return
+            return  # idle or header timeout: close quietly
+
+    async def _refuse(self, status: int, text: str) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        reply = plain(status, text, [("connection", "close")])
+        with contextlib.suppress(
+            h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            await self._send_reply(reply)
+
+    async def _read_body(self, declared: int | None) -> bytes | None:
+        if declared is not None and declared > self.limits.max_body_bytes:
+            await self._refuse(413, f"body exceeds {self.limits.max_body_bytes} bytes")
+            return None
+        parts: list[bytes] = []
+        size = 0
+        with trio.move_on_after(self.limits.body_timeout_s):
+            while True:
+                event = await self.next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.limits.max_body_bytes:
+                        await self._refuse(413, f"body exceeds {self.limits.max_body_bytes} bytes")
+                        return None
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(parts)
+                else:
+                    return None
+        await self._refuse(408, "request body timed out")
+        return None
+
+    async def _handle(self, event: h11.Request) -> bool:
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        declared = headers.get("content-length")
+        try:
+            body = await self._read_body(int(declared) if declared else None)
+        except h11.RemoteProtocolError as exc:
+            await self._refuse(exc.error_status_hint, f"bad request: {exc}")
+            return False
+        except _ClientGone:
+            return False
+        if body is None:
+            return False
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        request = Request(
+            method=event.method.decode("ascii"),
+            path=path,
+            query_string=query,
+            headers=headers,
+            body=body,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+            try:
+                reply = await self.handler(request)
+                await self._send_reply(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.eof = True
+            nursery.cancel_scope.cancel()
+        return not self.eof
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        """Read ahead while the handler runs; EOF means the client left: cancel it."""
+        try:
+            while not self.eof:
+                if self.conn.trailing_data[0] and len(self.conn.trailing_data[0]) > (
+                    self.limits.max_header_bytes
+                ):
+                    return  # enough pipelined data buffered; stop reading until we answer
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    self.eof = True
+                    scope.cancel()
+                    return
+                self.conn.receive_data(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.eof = True
+            scope.cancel()
+
+    async def _send_reply(self, reply: HTTPReply) -> None:
+        headers = list(reply.headers)
+        if isinstance(reply.body, bytes):
+            headers.append(("content-length", str(len(reply.body))))
+            await self.send(h11.Response(status_code=reply.status, headers=headers))
+            if reply.body:
+                await self.send(h11.Data(data=reply.body))
+        else:
+            headers.append(("transfer-encoding", "chunked"))
+            await self.send(h11.Response(status_code=reply.status, headers=headers))
+            async for chunk in reply.body:
+                if chunk:
+                    await self.send(h11.Data(data=chunk))
+        await self.send(h11.EndOfMessage())
+
+
+async def serve_http(
+    handler: Handler,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: HTTPLimits | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve HTTP on ``host:port``; ``task_status.started(port)`` once listening.
+
+    Tasks: one per connection, in this task's nursery. Cancelling closes every connection
+    (requests in flight are cancelled).
+    """
+    limits = limits or HTTPLimits()
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        try:
+            await _Connection(stream, handler, limits).serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True  # why: close the socket even when cancelled
+                await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+        await trio.serve_listeners(on_connection, listeners, handler_nursery=nursery)
+    raise AssertionError("unreachable")
