@@ -42,9 +42,19 @@ async def _serve_object(
                     host.stop_accepting()
                     with trio.move_on_after(env.grace_s):
                         await host.wait_idle()
-                    break
+                    with trio.move_on_after(1.0):
+                        await host.flush()
+                    # Every answer is out: end at once (closing sockets gracefully only
+                    # makes the parent wait; it learns of the exit from the process itself).
+                    _exit_now(0)
             listener.cancel_scope.cancel()
         calls.cancel_scope.cancel()
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _main(token: str, parent: str, child_id: str) -> int:
@@ -100,9 +110,7 @@ def main() -> None:
         traceback.print_exc()
         code = 1
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # user threads must not keep an orphaned child alive
+        _exit_now(code)  # user threads must not keep an orphaned child alive
 
 
 if __name__ == "__main__":

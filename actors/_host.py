@@ -146,6 +146,8 @@ class ActorHost:
         self._methods: dict[str, tuple[Callable[..., Any], str]] = {}
         self.ongoing = 0
         self.accepting = True
+        #: the links of remote callers currently connected (for flushing on stop)
+        self.links: set[Link] = set()
         self._idle = trio.lowlevel.ParkingLot()
         dispatch = getattr(obj, "__actor_dispatch__", None)
         self._dispatch: Callable[[str], Callable[..., Any]] | None = dispatch
@@ -197,6 +199,11 @@ class ActorHost:
     async def wait_idle(self) -> None:
         while self.ongoing:
             await self._idle.park()
+
+    async def flush(self) -> None:
+        """Wait until every reply queued so far has been handed to its socket."""
+        for link in list(self.links):
+            await link.flush()
 
     # -- running
 

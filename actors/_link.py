@@ -52,6 +52,8 @@ class Link:
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._lot = trio.lowlevel.ParkingLot()
+        self._sending = False
+        self._flushed = trio.lowlevel.ParkingLot()
         self._decoder = _wire.BatchDecoder()
         self._last_seen = 0.0
         self._last_sent = 0.0
@@ -85,8 +87,14 @@ class Link:
         self.closed = True
         self.close_reason = reason
         self._outbox.clear()
+        self._flushed.unpark_all()
         if self._on_close is not None:
             self._on_close(reason)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been handed to the socket."""
+        while (self._outbox or self._sending) and not self.closed:
+            await self._flushed.park()
 
     async def _writer(self) -> None:
         ws = self.ws
@@ -110,8 +118,14 @@ class Link:
                 self._outbox = batch[cut:]
                 self._outbox_bytes -= size
                 batch = batch[:cut]
-            await ws.send_message(_wire.frame(batch))
+            self._sending = True
+            try:
+                await ws.send_message(_wire.frame(batch))
+            finally:
+                self._sending = False
             self._last_sent = trio.current_time()
+            if not self._outbox:
+                self._flushed.unpark_all()
 
     # -- receiving
 

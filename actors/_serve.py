@@ -35,9 +35,11 @@ async def serve_host(
         link = Link(ws, lambda env: holder[0].on_envelope(env))
         session = host.session(link)
         holder.append(session)
+        host.links.add(link)
         try:
             await link.run()
         finally:
+            host.links.discard(link)
             session.close()
 
     await serve_links(on_link, token=token, host=bind, port=port, task_status=task_status)
