@@ -1,14 +1,13 @@
-"""The controller: applications, their deployments, and the replicas' membership.
+"""The controller: applications, their deployments' replica sets, and membership.
 
-It starts each deployment under its own supervisor, keeps every router's replica set up to
-date (routers in this process directly, routers in replica processes through ``watch``
-streams over its listener), and reports status. The data path never passes through it.
+It keeps every router's replica set up to date (routers in this process directly, routers
+in replica processes through ``watch`` streams over its listener), collects the load that
+routers report for autoscaling, and reports status. The data path never passes through it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 import attrs
@@ -16,39 +15,14 @@ import trio
 
 import actors
 
-from ._config import DeploymentConfig
-from ._deployment import Application, Deployment, replace_apps
+from ._deployment import Application, replace_apps
 from ._handle import DeploymentHandle
-from ._replica import ENV_CONTROLLER, Replica, ReplicaInfo
+from ._replica_set import ReplicaSet, first_error
 from ._router import Router
 from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from .exceptions import DeploymentFailedError, DeploymentUnavailableError
 
-REPLICA_MAX_RESTARTS = 10
-REPLICA_RESTART_PERIOD_S = 10.0
-
-
-@attrs.define(eq=False)
-class DeploymentState:
-    app: str
-    name: str
-    deployment: Deployment
-    config: DeploymentConfig
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    status: str = "UPDATING"
-    message: str = ""
-    target: int = 0
-    replicas: dict[str, actors.Actor] = attrs.field(factory=dict)
-    supervisor: actors.Supervisor | None = None
-    scope: trio.CancelScope | None = None
-    task_started: bool = False
-    done: trio.Event = attrs.field(factory=trio.Event)
-    next_index: int = 0
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.app, self.name)
+REPORT_TTL_INTERVALS = 3
 
 
 @attrs.define(eq=False)
@@ -56,25 +30,16 @@ class AppState:
     name: str
     ingress: str
     route_prefix: str | None
-    deployments: dict[str, DeploymentState]
+    deployments: dict[str, ReplicaSet]
     status: str = "DEPLOYING"
     message: str = ""
 
 
-def _first_error(exc: BaseException) -> BaseException:
-    """The most telling error inside (nested) exception groups: a spawn error's cause."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    if isinstance(exc, actors.SpawnError) and exc.__cause__ is not None:
-        return exc.__cause__
-    return exc
-
-
 class Controller:
-    """Owns the deployments of one serve instance.
+    """Owns the applications of one serve instance.
 
-    Tasks: one per deployment (its supervisor and replicas) and the listener for replica
-    processes, all in ``nursery``.
+    Tasks: one per deployment (its replica set) and the listener for replica processes,
+    all in ``nursery``.
     """
 
     def __init__(self, system: actors.ActorSystem, nursery: trio.Nursery) -> None:
@@ -82,11 +47,12 @@ class Controller:
         self._nursery = nursery
         self.apps: dict[str, AppState] = {}
         self._routers: dict[tuple[str, str], Router] = {}
+        self._reports: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._changed = trio.Event()
         self.address = ""
 
     async def serve_api(self, *, task_status: trio.TaskStatus[str]) -> None:
-        """Host the controller's API for replica processes (membership watches)."""
+        """Host the controller's API for replica processes (membership, load reports)."""
         async with trio.open_nursery() as calls:
             host = actors.ActorHost(ControllerAPI(self), calls, name="controller")
             bound, port = await calls.start(
@@ -103,7 +69,7 @@ class Controller:
 
     # -- membership
 
-    def _find(self, key: tuple[str, str]) -> DeploymentState | None:
+    def find(self, key: tuple[str, str]) -> ReplicaSet | None:
         app = self.apps.get(key[0])
         return app.deployments.get(key[1]) if app is not None else None
 
@@ -112,39 +78,49 @@ class Controller:
         router = self._routers.get(key)
         if router is None:
             router = Router(deployment, nursery=self._nursery)
+            router.on_pressure = lambda: self._poke(key)
             self._routers[key] = router
             self._push(key)
         return router
+
+    def _poke(self, key: tuple[str, str]) -> None:
+        replica_set = self.find(key)
+        if replica_set is not None:
+            replica_set.poke()
 
     def _push(self, key: tuple[str, str]) -> None:
         router = self._routers.get(key)
         if router is None:
             return
-        state = self._find(key)
-        if state is None:
+        replica_set = self.find(key)
+        if replica_set is None:
             router.mark_unavailable(
                 f"no deployment {key[1]!r} in application {key[0]!r}; running: "
                 f"{sorted(self.deployment_names())}"
             )
             return
         router.update(
-            {rid: actor.ref for rid, actor in state.replicas.items()},
-            max_ongoing=state.config.max_ongoing_requests,
-            max_queued=state.config.max_queued_requests,
+            {rid: actor.ref for rid, actor in replica_set.replicas.items()},
+            max_ongoing=replica_set.config.max_ongoing_requests,
+            max_queued=replica_set.config.max_queued_requests,
         )
 
-    def _notify(self) -> None:
+    def changed(self, replica_set: ReplicaSet) -> None:
+        """A replica set's membership or status changed: tell routers and watchers."""
+        self._push(replica_set.key)
         self._changed.set()
         self._changed = trio.Event()
 
     def membership(self, key: tuple[str, str]) -> dict[str, Any]:
-        state = self._find(key)
-        if state is None:
+        replica_set = self.find(key)
+        if replica_set is None:
             return {"error": f"no deployment {key[1]!r} in application {key[0]!r}"}
+        auto = replica_set.config.autoscaling_config
         return {
-            "replicas": [[rid, actor.address] for rid, actor in state.replicas.items()],
-            "max_ongoing": state.config.max_ongoing_requests,
-            "max_queued": state.config.max_queued_requests,
+            "replicas": [[rid, actor.address] for rid, actor in replica_set.replicas.items()],
+            "max_ongoing": replica_set.config.max_ongoing_requests,
+            "max_queued": replica_set.config.max_queued_requests,
+            "report_interval_s": auto.metrics_interval_s if auto is not None else None,
         }
 
     async def watch(self, app: str, deployment: str) -> AsyncIterator[dict[str, Any]]:
@@ -160,122 +136,151 @@ class Controller:
     def deployment_names(self) -> list[str]:
         return [f"{a.name}/{d}" for a in self.apps.values() for d in a.deployments]
 
+    # -- load, for autoscaling
+
+    def report(self, key: tuple[str, str], router_id: str, load: float) -> None:
+        self._reports.setdefault(key, {})[router_id] = (trio.current_time(), load)
+        if load > 0:
+            replica_set = self.find(key)
+            if replica_set is not None and not replica_set.replicas:
+                replica_set.poke()
+
+    def load(self, replica_set: ReplicaSet) -> float:
+        """Queued plus in-flight requests for a deployment, over every router."""
+        key = replica_set.key
+        total = 0.0
+        router = self._routers.get(key)
+        if router is not None:
+            stats = router.stats()
+            total += stats.queued + stats.resolving + sum(stats.in_flight.values())
+        auto = replica_set.config.autoscaling_config
+        ttl = (auto.metrics_interval_s if auto else 10.0) * REPORT_TTL_INTERVALS
+        now = trio.current_time()
+        reports = self._reports.get(key, {})
+        for router_id, (at, load) in list(reports.items()):
+            if now - at > ttl:
+                del reports[router_id]
+            else:
+                total += load
+        return total
+
     # -- deploying
 
     async def deploy(
         self, app: Application, name: str, route_prefix: str | None, *, force_inline: bool
     ) -> None:
-        if name in self.apps:
-            await self.delete(name)
+        """Deploy ``app`` as ``name``; an application of that name is updated in place
+        (rolling where code or options changed)."""
         nodes = app.walk()
         for other in self.apps.values():
-            if route_prefix is not None and other.route_prefix == route_prefix:
+            if (
+                other.name != name
+                and route_prefix is not None
+                and other.route_prefix == route_prefix
+            ):
                 raise ValueError(
                     f"route_prefix {route_prefix!r} is already used by application "
                     f"{other.name!r}; choose another or delete that application"
                 )
-        states: dict[str, DeploymentState] = {}
+
+        def to_handle(a: Application) -> DeploymentHandle:
+            return DeploymentHandle(a.deployment.name, name)
+
+        wanted = {}
         for node in nodes:
-            dep = node.deployment
-            config = dep.config
+            config = node.deployment.config
             if force_inline:
                 config = attrs.evolve(config, placement="inline")
-
-            def to_handle(a: Application) -> DeploymentHandle:
-                return DeploymentHandle(a.deployment.name, name)
-
-            states[dep.name] = DeploymentState(
+            wanted[node.deployment.name] = (
+                node.deployment,
+                config,
+                replace_apps(node.args, to_handle),
+                replace_apps(node.kwargs, to_handle),
+            )
+        existing = self.apps.get(name)
+        if existing is not None and existing.status in ("RUNNING", "UNHEALTHY"):
+            await self._update(existing, app.deployment.name, route_prefix, wanted)
+            return
+        if existing is not None:
+            await self.delete(name)
+        sets = {
+            dep_name: ReplicaSet(
+                hooks=self,
                 app=name,
-                name=dep.name,
+                name=dep_name,
                 deployment=dep,
                 config=config,
-                args=replace_apps(node.args, to_handle),
-                kwargs=replace_apps(node.kwargs, to_handle),
+                args=args,
+                kwargs=kwargs,
             )
+            for dep_name, (dep, config, args, kwargs) in wanted.items()
+        }
         app_state = AppState(
-            name=name, ingress=app.deployment.name, route_prefix=route_prefix, deployments=states
+            name=name, ingress=app.deployment.name, route_prefix=route_prefix, deployments=sets
         )
         self.apps[name] = app_state
-        for key in [s.key for s in states.values()]:
-            self._push(key)
-        self._notify()
+        for replica_set in sets.values():
+            self.changed(replica_set)
         try:
             async with trio.open_nursery() as starting:
-                for state in states.values():
-                    starting.start_soon(self._nursery.start, self._run_deployment, state)
+                for replica_set in sets.values():
+                    starting.start_soon(self._nursery.start, replica_set.run)
         except Exception as exc:
-            cause = _first_error(exc)
-            failed = next((s.name for s in states.values() if s.status == "DEPLOY_FAILED"), "?")
-            app_state.status = "DEPLOY_FAILED"
-            app_state.message = f"deployment {failed!r} failed to start: {cause!r}"
-            await self._stop_deployments(app_state)
-            raise DeploymentFailedError(app_state.message, deployment=failed) from cause
+            await self._fail(app_state, exc)
         app_state.status = "RUNNING"
-        self._notify()
 
-    async def _run_deployment(
-        self, state: DeploymentState, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        state.task_started = True
-        try:
-            with trio.CancelScope() as scope:
-                state.scope = scope
-                async with actors.open_supervisor(
-                    self.system,
-                    max_restarts=REPLICA_MAX_RESTARTS,
-                    period_s=REPLICA_RESTART_PERIOD_S,
-                    on_change=partial(self._on_replica, state),
-                ) as sup:
-                    state.supervisor = sup
-                    state.target = state.config.initial_replicas
-                    try:
-                        async with trio.open_nursery() as starting:
-                            for _ in range(state.target):
-                                starting.start_soon(self._add_replica, state)
-                    except Exception as exc:
-                        state.status = "DEPLOY_FAILED"
-                        state.message = f"a replica failed to start: {_first_error(exc)!r}"
-                        raise
-                    state.status = "HEALTHY"
-                    self._notify()
-                    task_status.started()
-                    await trio.sleep_forever()
-        except actors.SupervisorGaveUpError as exc:
-            state.status = "UNHEALTHY"
-            state.message = str(exc)
-        finally:
-            state.replicas.clear()
-            state.done.set()
-            self._push(state.key)
-            self._notify()
-
-    async def _add_replica(self, state: DeploymentState) -> None:
-        assert state.supervisor is not None
-        state.next_index += 1
-        replica_id = f"{state.name}#{state.next_index}"
-        info = ReplicaInfo(app=state.app, deployment=state.name, replica_id=replica_id)
-        dep = state.deployment
-        spec = actors.ActorSpec(
-            factory=Replica,
-            args=(info, dep.target, state.args, state.kwargs, dep.is_function),
-            kwargs={"user_config": state.config.user_config},
-            name=replica_id,
-            max_ongoing=state.config.max_ongoing_requests,
-            placement=state.config.placement,
-            grace_s=state.config.graceful_shutdown_timeout_s,
-            env={ENV_CONTROLLER: self.address},
+    async def _fail(self, app_state: AppState, exc: Exception) -> None:
+        cause = first_error(exc)
+        failed = next(
+            (s.name for s in app_state.deployments.values() if s.status == "DEPLOY_FAILED"), "?"
         )
-        await state.supervisor.start_child(actors.ChildSpec(id=replica_id, actor=spec))
+        app_state.status = "DEPLOY_FAILED"
+        app_state.message = f"deployment {failed!r} failed to start: {cause!r}"
+        await self._stop_sets(list(app_state.deployments.values()))
+        raise DeploymentFailedError(app_state.message, deployment=failed) from cause
 
-    def _on_replica(
-        self, state: DeploymentState, replica_id: str, actor: actors.Actor | None
+    async def _update(
+        self,
+        app_state: AppState,
+        ingress: str,
+        route_prefix: str | None,
+        wanted: dict[str, tuple[Any, Any, Any, Any]],
     ) -> None:
-        if actor is not None:
-            state.replicas[replica_id] = actor
-        else:
-            state.replicas.pop(replica_id, None)
-        self._push(state.key)
-        self._notify()
+        app_state.status = "DEPLOYING"
+        removed = [s for n, s in app_state.deployments.items() if n not in wanted]
+        try:
+            async with trio.open_nursery() as updating:
+                for dep_name, (dep, config, args, kwargs) in wanted.items():
+                    current = app_state.deployments.get(dep_name)
+                    if current is not None:
+                        updating.start_soon(current.update, dep, config, args, kwargs)
+                    else:
+                        new = ReplicaSet(
+                            hooks=self,
+                            app=app_state.name,
+                            name=dep_name,
+                            deployment=dep,
+                            config=config,
+                            args=args,
+                            kwargs=kwargs,
+                        )
+                        app_state.deployments[dep_name] = new
+                        self.changed(new)
+                        updating.start_soon(self._nursery.start, new.run)
+        except Exception as exc:
+            cause = first_error(exc)
+            app_state.status = "RUNNING"
+            app_state.message = f"update failed, previous version kept: {cause!r}"
+            raise DeploymentFailedError(app_state.message, deployment=ingress) from cause
+        app_state.ingress = ingress
+        app_state.route_prefix = route_prefix
+        for replica_set in removed:
+            del app_state.deployments[replica_set.name]
+        await self._stop_sets(removed)
+        for replica_set in removed:
+            self._push(replica_set.key)
+        app_state.status = "RUNNING"
+        app_state.message = ""
 
     # -- deleting
 
@@ -285,33 +290,19 @@ class Controller:
         if app is None:
             return
         app.status = "DELETING"
-        await self._stop_deployments(app)
+        await self._stop_sets(list(app.deployments.values()))
         del self.apps[name]
         for key in list(self._routers):
             if key[0] == name:
                 self._push(key)
-        self._notify()
+        self._changed.set()
+        self._changed = trio.Event()
 
-    async def _stop_deployments(self, app: AppState) -> None:
+    @staticmethod
+    async def _stop_sets(sets: list[ReplicaSet]) -> None:
         async with trio.open_nursery() as stopping:
-            for state in app.deployments.values():
-                stopping.start_soon(self._stop_deployment, state)
-
-    async def _stop_deployment(self, state: DeploymentState) -> None:
-        sup = state.supervisor
-        if sup is not None:
-            # leave every router first, then let in-flight requests finish
-            replica_ids = list(state.replicas)
-            state.replicas.clear()
-            self._push(state.key)
-            self._notify()
-            async with trio.open_nursery() as draining:
-                for rid in replica_ids:
-                    draining.start_soon(sup.stop_child_gracefully, rid)
-        if state.scope is not None:
-            state.scope.cancel()
-        if state.task_started:
-            await state.done.wait()
+            for replica_set in sets:
+                stopping.start_soon(replica_set.stop)
 
     async def shutdown(self) -> None:
         for name in list(self.apps):
@@ -323,22 +314,29 @@ class Controller:
         apps = {}
         for app in self.apps.values():
             deployments = {}
-            for state in app.deployments.values():
+            for rs in app.deployments.values():
                 replicas = [
-                    ReplicaStatus(replica_id=rid, state="RUNNING", pid=actor.pid)
-                    for rid, actor in state.replicas.items()
+                    ReplicaStatus(
+                        replica_id=rid,
+                        state=state,
+                        pid=rs.replicas[rid].pid if rid in rs.replicas else None,
+                    )
+                    for rid, state in rs.states.items()
                 ]
-                deployments[state.name] = DeploymentStatus(
-                    name=state.name,
-                    status=state.status,
-                    message=state.message,
-                    target_replicas=state.target,
-                    running_replicas=len(replicas),
+                deployments[rs.name] = DeploymentStatus(
+                    name=rs.name,
+                    status=rs.status,
+                    message=rs.message,
+                    target_replicas=rs.target,
+                    running_replicas=len(rs.replicas),
                     replicas=replicas,
                 )
+            status = app.status
+            if status == "RUNNING" and any(d.status == "UNHEALTHY" for d in deployments.values()):
+                status = "UNHEALTHY"
             apps[app.name] = ApplicationStatus(
                 name=app.name,
-                status=app.status,
+                status=status,
                 message=app.message,
                 route_prefix=app.route_prefix,
                 ingress=app.ingress,
@@ -372,3 +370,7 @@ class ControllerAPI:
     async def watch(self, app: str, deployment: str) -> AsyncIterator[dict[str, Any]]:
         async for update in self._controller.watch(app, deployment):
             yield update
+
+    async def report(self, app: str, deployment: str, router_id: str, load: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self._controller.report((app, deployment), router_id, load)

@@ -242,6 +242,7 @@ class ReplicaProcessContext:
         self._connecting: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._controller: actors.RemoteRef | None = None
+        self._router_id = f"pid{os.getpid()}"
 
     async def start(self) -> None:
         ready = trio.Event()
@@ -276,9 +277,35 @@ class ReplicaProcessContext:
         if router is None:
             assert self._nursery is not None
             router = Router(deployment, nursery=self._nursery)
+            router.on_pressure = lambda: self._report_soon(key, router)
             self._routers[key] = router
             self._nursery.start_soon(self._watch, key, router)
+            self._nursery.start_soon(self._report_loop, key, router)
         return router
+
+    # -- load reports, for autoscaling
+
+    def _report_soon(self, key: tuple[str, str], router: Router) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._report, key, router)
+
+    async def _report(self, key: tuple[str, str], router: Router) -> None:
+        stats = router.stats()
+        load = stats.queued + stats.resolving + sum(stats.in_flight.values())
+        if self._controller is None or not self._controller.alive:
+            return
+        with trio.move_on_after(5):
+            try:
+                await self._controller.call("report", key[0], key[1], self._router_id, load)
+            except actors.ActorError:
+                pass  # the controller is gone; the watch ends this context's routers
+
+    async def _report_loop(self, key: tuple[str, str], router: Router) -> None:
+        while True:
+            interval = (self._latest.get(key) or {}).get("report_interval_s")
+            await trio.sleep(interval or 1.0)
+            if interval:
+                await self._report(key, router)
 
     async def _watch(self, key: tuple[str, str], router: Router) -> None:
         assert self._controller is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import random
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -86,6 +87,8 @@ class Router:
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.latency = Histogram("latency", "")
+        #: called when a request is queued while the deployment has no replica at all
+        self.on_pressure: Callable[[], None] | None = None
 
     # -- membership (pushed by the controller)
 
@@ -175,6 +178,8 @@ class Router:
                 req._fail(BackPressureError(self.name, len(self._queue), self.max_queued))
                 return
         self._queue.append(req)
+        if not self._slots and self.on_pressure is not None:
+            self.on_pressure()
 
     def _queue_compact(self) -> None:
         self._queue = collections.deque(r for r in self._queue if not r.done())

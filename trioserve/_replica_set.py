@@ -1,0 +1,354 @@
+"""A deployment's replicas: started under a supervisor, kept at the right count (fixed or
+autoscaled), health-checked, updated by rolling, and drained when they stop."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+import actors
+
+from ._autoscaling import LoadWindow, ScalingState, decide_replicas
+from ._config import DeploymentConfig
+from ._deployment import Deployment
+from ._replica import ENV_CONTROLLER, Replica, ReplicaInfo
+
+REPLICA_MAX_RESTARTS = 10
+REPLICA_RESTART_PERIOD_S = 10.0
+
+STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
+
+
+class Hooks(Protocol):
+    """What a replica set needs from its controller."""
+
+    address: str
+    system: actors.ActorSystem
+
+    def changed(self, replica_set: ReplicaSet) -> None: ...
+
+    def load(self, replica_set: ReplicaSet) -> float: ...
+
+
+def _same_args(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # why: arguments whose == raises (arrays) count as changed
+        return False
+
+
+@attrs.define(eq=False)
+class ReplicaSet:
+    """The replicas of one deployment.
+
+    Tasks, inside :meth:`run` (which the controller starts in its nursery): the
+    supervisor and its replicas, the autoscaling loop and the health-check loop.
+    Cancelling ``run`` stops every replica at once; :meth:`stop` drains them first.
+    """
+
+    hooks: Hooks
+    app: str
+    name: str
+    deployment: Deployment
+    config: DeploymentConfig
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    status: str = "UPDATING"
+    message: str = ""
+    target: int = 0
+    replicas: dict[str, actors.Actor] = attrs.field(factory=dict)
+    states: dict[str, str] = attrs.field(factory=dict)
+    versions: dict[str, int] = attrs.field(factory=dict)
+    version: int = 1
+    supervisor: actors.Supervisor | None = None
+    scope: trio.CancelScope | None = None
+    task_started: bool = False
+    done: trio.Event = attrs.field(factory=trio.Event)
+    next_index: int = 0
+    scaling: ScalingState = attrs.field(factory=ScalingState)
+    window: LoadWindow | None = None
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    rng: random.Random = attrs.field(factory=random.Random)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.app, self.name)
+
+    # -- running
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        self.task_started = True
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                async with actors.open_supervisor(
+                    self.hooks.system,
+                    max_restarts=REPLICA_MAX_RESTARTS,
+                    period_s=REPLICA_RESTART_PERIOD_S,
+                    on_change=self._on_change,
+                ) as sup:
+                    self.supervisor = sup
+                    try:
+                        await self.scale_to(self.config.initial_replicas)
+                    except Exception as exc:
+                        self.status = "DEPLOY_FAILED"
+                        self.message = f"a replica failed to start: {first_error(exc)!r}"
+                        raise
+                    self.status = "HEALTHY"
+                    self.hooks.changed(self)
+                    task_status.started()
+                    async with trio.open_nursery() as loops:
+                        loops.start_soon(self._autoscale_loop)
+                        loops.start_soon(self._health_loop)
+        except actors.SupervisorGaveUpError as exc:
+            self.status = "UNHEALTHY"
+            self.message = str(exc)
+        finally:
+            self.replicas.clear()
+            self.states.clear()
+            self.done.set()
+            self.hooks.changed(self)
+
+    def _on_change(self, replica_id: str, actor: actors.Actor | None) -> None:
+        if actor is not None:
+            if self.states.get(replica_id) == STOPPING:
+                return
+            self.replicas[replica_id] = actor
+            self.states[replica_id] = RUNNING
+        else:
+            self.replicas.pop(replica_id, None)
+            if self.states.get(replica_id) == RUNNING:
+                self.states[replica_id] = STARTING  # the supervisor restarts it
+        self.hooks.changed(self)
+
+    # -- scaling
+
+    def live_ids(self) -> list[str]:
+        return [rid for rid, st in self.states.items() if st in (STARTING, RUNNING)]
+
+    async def scale_to(self, n: int) -> None:
+        """Start or drain replicas until ``n`` are live; a replica that fails to start
+        raises (after the others have started)."""
+        self.target = n
+        live = self.live_ids()
+        if n > len(live):
+            self.status = "UPSCALING" if live else self.status
+            async with trio.open_nursery() as starting:
+                for _ in range(n - len(live)):
+                    starting.start_soon(self.add_replica)
+        elif n < len(live):
+            self.status = "DOWNSCALING"
+            victims = sorted(live, key=self._drain_order)[: len(live) - n]
+            async with trio.open_nursery() as draining:
+                for rid in victims:
+                    draining.start_soon(self.drain_replica, rid)
+        if self.status in ("UPSCALING", "DOWNSCALING"):
+            self.status = "HEALTHY"
+        self.hooks.changed(self)
+
+    def _drain_order(self, replica_id: str) -> tuple[int, int]:
+        # old versions first, then the newest (fewest warm caches lost)
+        return (self.versions.get(replica_id, 0), -int(replica_id.rpartition("#")[2] or 0))
+
+    async def add_replica(self) -> str:
+        assert self.supervisor is not None
+        self.next_index += 1
+        replica_id = f"{self.name}#{self.next_index}"
+        info = ReplicaInfo(app=self.app, deployment=self.name, replica_id=replica_id)
+        spec = actors.ActorSpec(
+            factory=Replica,
+            args=(
+                info,
+                self.deployment.target,
+                self.args,
+                self.kwargs,
+                self.deployment.is_function,
+            ),
+            kwargs={"user_config": self.config.user_config},
+            name=replica_id,
+            max_ongoing=self.config.max_ongoing_requests,
+            placement=self.config.placement,
+            grace_s=self.config.graceful_shutdown_timeout_s,
+            env={ENV_CONTROLLER: self.hooks.address},
+        )
+        self.states[replica_id] = STARTING
+        self.versions[replica_id] = self.version
+        try:
+            await self.supervisor.start_child(actors.ChildSpec(id=replica_id, actor=spec))
+        except BaseException:  # why: forget a replica that never started; re-raised
+            self.states.pop(replica_id, None)
+            self.versions.pop(replica_id, None)
+            raise
+        return replica_id
+
+    async def drain_replica(self, replica_id: str) -> None:
+        """Leave every router's membership, finish in-flight requests, then stop."""
+        self.states[replica_id] = STOPPING
+        self.replicas.pop(replica_id, None)
+        self.hooks.changed(self)
+        if self.supervisor is not None:
+            await self.supervisor.stop_child_gracefully(replica_id)
+        self.states.pop(replica_id, None)
+        self.versions.pop(replica_id, None)
+
+    async def replace_replica(self, replica_id: str) -> None:
+        """Stop an unhealthy replica at once and start a fresh one."""
+        if self.states.get(replica_id) != RUNNING:
+            return
+        self.states[replica_id] = STOPPING
+        self.replicas.pop(replica_id, None)
+        self.hooks.changed(self)
+        if self.supervisor is not None:
+            await self.supervisor.terminate_child(replica_id)
+        self.states.pop(replica_id, None)
+        self.versions.pop(replica_id, None)
+        await self.add_replica()
+
+    async def stop(self) -> None:
+        """Drain every replica, then end :meth:`run`."""
+        async with trio.open_nursery() as draining:
+            for rid in list(self.states):
+                draining.start_soon(self.drain_replica, rid)
+        if self.scope is not None:
+            self.scope.cancel()
+        if self.task_started:
+            await self.done.wait()
+
+    # -- autoscaling
+
+    def poke(self) -> None:
+        """A request is waiting and no replica exists: decide now, not at the next tick."""
+        self.wake.set()
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            auto = self.config.autoscaling_config
+            if auto is None:
+                await self.wake.wait()
+                self.wake = trio.Event()
+                continue
+            with trio.move_on_after(auto.metrics_interval_s):
+                await self.wake.wait()
+            self.wake = trio.Event()
+            if self.window is None or self.window.period_s != auto.look_back_period_s:
+                self.window = LoadWindow(auto.look_back_period_s)
+            now = trio.current_time()
+            self.window.add(now, self.hooks.load(self))
+            current = len(self.live_ids())
+            wanted = decide_replicas(
+                auto, self.scaling, current=current, load=self.window.average(), now=now
+            )
+            if wanted != current:
+                try:
+                    await self.scale_to(wanted)
+                except Exception as exc:
+                    self.status = "UNHEALTHY"
+                    self.message = f"could not scale to {wanted}: {first_error(exc)!r}"
+                    self.hooks.changed(self)
+
+    # -- health
+
+    async def _health_loop(self) -> None:
+        if self.deployment.is_function or not hasattr(self.deployment.target, "check_health"):
+            return
+        while True:
+            await trio.sleep(self.config.health_check_period_s)
+            async with trio.open_nursery() as checks:
+                for rid, actor in list(self.replicas.items()):
+                    checks.start_soon(self._check, rid, actor)
+
+    async def _check(self, replica_id: str, actor: actors.Actor) -> None:
+        healthy = False
+        reason = "did not answer within health_check_timeout_s"
+        with trio.move_on_after(self.config.health_check_timeout_s):
+            try:
+                await actor.ref.call("check_health")
+                healthy = True
+            except Exception as exc:
+                reason = f"check_health raised {exc!r}"
+        if not healthy and self.replicas.get(replica_id) is actor:
+            self.message = f"replica {replica_id} was unhealthy ({reason}) and was replaced"
+            try:
+                await self.replace_replica(replica_id)
+            except Exception as exc:
+                self.status = "UNHEALTHY"
+                self.message = f"could not replace {replica_id}: {first_error(exc)!r}"
+                self.hooks.changed(self)
+
+    # -- redeploying
+
+    def needs_new_replicas(
+        self, deployment: Deployment, config: DeploymentConfig, args: Any, kwargs: Any
+    ) -> bool:
+        """Whether a redeploy changes code or options that only new replicas can have."""
+        if deployment.target is not self.deployment.target:
+            return True
+        if not (_same_args(args, self.args) and _same_args(kwargs, self.kwargs)):
+            return True
+        fixed = ("max_ongoing_requests", "placement", "graceful_shutdown_timeout_s")
+        return any(getattr(config, f) != getattr(self.config, f) for f in fixed)
+
+    async def update(
+        self, deployment: Deployment, config: DeploymentConfig, args: Any, kwargs: Any
+    ) -> None:
+        """Apply a redeploy: reconfigure in place, rescale, or roll to new replicas (new ones
+        start and take requests before old ones drain; a failed start keeps the old ones)."""
+        self.status = "UPDATING"
+        self.hooks.changed(self)
+        if self.needs_new_replicas(deployment, config, args, kwargs):
+            await self._roll(deployment, config, args, kwargs)
+        else:
+            old_user_config = self.config.user_config
+            self.config = config
+            self.deployment = deployment
+            if config.user_config != old_user_config:
+                await self._reconfigure_all(config.user_config)
+            if config.autoscaling_config is None:
+                await self.scale_to(config.initial_replicas)
+        self.status = "HEALTHY"
+        self.hooks.changed(self)
+
+    async def _reconfigure_all(self, user_config: Any) -> None:
+        async with trio.open_nursery() as calls:
+            for actor in list(self.replicas.values()):
+                calls.start_soon(actor.ref.call, "__serve_reconfigure__", user_config)
+
+    async def _roll(
+        self, deployment: Deployment, config: DeploymentConfig, args: Any, kwargs: Any
+    ) -> None:
+        old_ids = self.live_ids()
+        saved = (self.deployment, self.config, self.args, self.kwargs, self.version)
+        self.deployment, self.config, self.args, self.kwargs = deployment, config, args, kwargs
+        self.version += 1
+        started: list[str] = []
+        try:
+            async with trio.open_nursery() as starting:
+                for _ in range(config.initial_replicas):
+                    starting.start_soon(self._add_and_record, started)
+        except Exception:
+            async with trio.open_nursery() as undo:
+                for rid in started:
+                    undo.start_soon(self.drain_replica, rid)
+            self.deployment, self.config, self.args, self.kwargs, self.version = saved
+            self.status = "HEALTHY"
+            self.hooks.changed(self)
+            raise
+        self.target = config.initial_replicas
+        async with trio.open_nursery() as draining:
+            for rid in old_ids:
+                draining.start_soon(self.drain_replica, rid)
+
+    async def _add_and_record(self, started: list[str]) -> None:
+        started.append(await self.add_replica())
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The most telling error inside (nested) exception groups: a spawn error's cause."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, actors.SpawnError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
