@@ -8,6 +8,7 @@ controller for membership and keeps one connection per downstream replica.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections.abc import Awaitable, Callable
@@ -294,11 +295,9 @@ class ReplicaProcessContext:
         load = stats.queued + stats.resolving + sum(stats.in_flight.values())
         if self._controller is None or not self._controller.alive:
             return
-        with trio.move_on_after(5):
-            try:
-                await self._controller.call("report", key[0], key[1], self._router_id, load)
-            except actors.ActorError:
-                pass  # the controller is gone; the watch ends this context's routers
+        # an ActorError means the controller is gone; the watch ends this context's routers
+        with trio.move_on_after(5), contextlib.suppress(actors.ActorError):
+            await self._controller.call("report", key[0], key[1], self._router_id, load)
 
     async def _report_loop(self, key: tuple[str, str], router: Router) -> None:
         while True:
