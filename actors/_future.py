@@ -26,15 +26,30 @@ class CallFuture:
     runs callbacks synchronously, in the resolving task, once.
     """
 
-    __slots__ = ("_callbacks", "_canceller", "_error", "_event", "_value", "label")
+    __slots__ = (
+        "_callbacks",
+        "_canceller",
+        "_error",
+        "_event",
+        "_value",
+        "cancelled_error",
+        "label",
+    )
 
-    def __init__(self, canceller: Callable[[], None] | None = None, label: str = "") -> None:
+    def __init__(
+        self,
+        canceller: Callable[[], None] | None = None,
+        label: str = "",
+        cancelled_error: Callable[[str], BaseException] = CallCancelledError,
+    ) -> None:
         self._value: Any = _PENDING
         self._error: BaseException | None = None
         self._event: trio.Event | None = None
         self._callbacks: list[Callable[[CallFuture], None]] | None = None
         self._canceller = canceller
         self.label = label
+        #: builds the error a cancelled call ends with
+        self.cancelled_error = cancelled_error
 
     # -- resolving (synchronous, from the side that runs the call)
 
@@ -115,7 +130,7 @@ class CallFuture:
         if self.done():
             return False
         canceller = self._canceller
-        self.set_error(CallCancelledError(f"call {self.label} was cancelled by its caller"))
+        self.set_error(self.cancelled_error(f"call {self.label} was cancelled by its caller"))
         if canceller is not None:
             canceller()
         return True

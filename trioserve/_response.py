@@ -140,7 +140,11 @@ class DeploymentResponse(_Request):
         self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         super().__init__(router, method, args, kwargs)
-        self._future = CallFuture(canceller=self._on_cancel, label=f"{router.name}.{method}")
+        self._future = CallFuture(
+            canceller=self._on_cancel,
+            label=f"{router.name}.{method}",
+            cancelled_error=RequestCancelledError,
+        )
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._future.wait().__await__()
@@ -150,17 +154,12 @@ class DeploymentResponse(_Request):
 
     def cancel(self) -> None:
         """Cancel the request; awaiting it then raises :class:`RequestCancelledError`."""
-        if not self._future.done():
-            self._future.set_error(
-                RequestCancelledError(f"request to {self._router.name} was cancelled")
-            )
-            self._on_cancel()
+        self._future.cancel()
 
     def _on_cancel(self) -> None:
         inner = self._inner
         if inner is not None:
             inner.cancel()
-        self._router.forget(self)
         if self._assigned is not None:
             self._assigned.set()
 
@@ -243,7 +242,6 @@ class DeploymentResponseGenerator(_Request):
         inner = self._inner
         if inner is not None:
             inner.cancel()
-        self._router.forget(self)
 
     async def aclose(self) -> None:
         self.cancel()

@@ -184,9 +184,6 @@ class Router:
     def _queue_compact(self) -> None:
         self._queue = collections.deque(r for r in self._queue if not r.done())
 
-    def forget(self, req: _Request) -> None:
-        """A request was cancelled; queued ones are dropped lazily by the drain."""
-
     def _pick(self) -> ReplicaSlot | None:
         slots = self._slots
         if not slots:

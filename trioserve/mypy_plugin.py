@@ -34,10 +34,10 @@ def _add_deployment_members(ctx: ClassDefContext) -> bool:
     kwargs_only = [Argument(Var("options", anything), anything, None, ARG_STAR2)]
     application = _instance(ctx, "trioserve._deployment.Application")
     deployment = _instance(ctx, "trioserve._deployment.Deployment")
-    if isinstance(application, AnyType) or isinstance(deployment, AnyType):
-        if not ctx.api.final_iteration:
-            ctx.api.defer()
-            return False
+    missing = isinstance(application, AnyType) or isinstance(deployment, AnyType)
+    if missing and not ctx.api.final_iteration:
+        ctx.api.defer()
+        return False
     add_method_to_class(ctx.api, ctx.cls, "bind", star, application, is_staticmethod=True)
     add_method_to_class(ctx.api, ctx.cls, "options", kwargs_only, deployment, is_staticmethod=True)
     add_method_to_class(
