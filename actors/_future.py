@@ -197,6 +197,12 @@ class StreamReceiver:
         return self
 
     async def __anext__(self) -> Any:
+        if self._items:
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:  # why: a cancelled consumer cancels the stream; re-raised
+                self.cancel()
+                raise
         while not self._items:
             if self._ended:
                 if self._end is not None:

@@ -102,6 +102,9 @@ class Link:
         while True:
             while not self._outbox:
                 await self._lot.park()
+            # let the tasks that are runnable now queue their envelopes too: one
+            # websocket message (and one syscall) carries them all
+            await trio.lowlevel.cancel_shielded_checkpoint()
             batch = self._outbox
             if self._outbox_bytes <= limit:
                 self._outbox = []

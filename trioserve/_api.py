@@ -265,11 +265,15 @@ async def _wait_some(
 
 
 async def get_async(refs: Any, *, timeout_s: float | None = None) -> Any:
-    """The async twin of :func:`get`, for :class:`DeploymentResponse` objects."""
+    """The async twin of :func:`get`, for :class:`DeploymentResponse` objects; a timeout
+    leaves the requests running."""
+    many = isinstance(refs, Sequence) and not isinstance(refs, (str, bytes))
+    responses: list[DeploymentResponse] = list(refs) if many else [refs]
     with trio.move_on_after(timeout_s if timeout_s is not None else float("inf")):
-        if isinstance(refs, Sequence) and not isinstance(refs, (str, bytes)):
-            return [await r for r in refs]
-        return await refs
+        for response in responses:
+            await response._future.wait_done()
+        values = [response._future.result() for response in responses]
+        return values if many else values[0]
     raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
 
 

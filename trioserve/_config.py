@@ -62,6 +62,8 @@ class AutoscalingConfig:
                 f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
             )
         init = self.initial_replicas
+        if init is not None and (not isinstance(init, int) or isinstance(init, bool)):
+            raise ValueError(f"initial_replicas must be an int or None, got {init!r}")
         if init is not None and not (self.min_replicas <= init <= self.max_replicas):
             raise ValueError(
                 f"initial_replicas must be between min_replicas and max_replicas, got {init!r}"

@@ -150,7 +150,7 @@ def deployment(
     """
 
     def wrap(target: Callable[..., Any]) -> Deployment:
-        name = options.get("name") or getattr(target, "__name__", None)
+        name = options["name"] if "name" in options else getattr(target, "__name__", None)
         _check_name(name)
         assert isinstance(name, str)
         return Deployment(target, name, apply_options(DeploymentConfig(), options))

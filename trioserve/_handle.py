@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from . import _context
-from ._response import DeploymentResponse, DeploymentResponseGenerator
+from ._response import DeploymentResponse, DeploymentResponseGenerator, ResponseWrapper
 from ._router import Router
 from .exceptions import RequestTimeoutError
 
@@ -87,8 +87,6 @@ class DeploymentHandle:
         """Submit a request; returns a :class:`DeploymentResponse` (or, with ``stream=True``,
         a :class:`DeploymentResponseGenerator`) at once, without waiting for a replica."""
         router = self._get_router()
-        if args:
-            args = tuple(a._response if type(a) is SyncResponse else a for a in args)
         response: DeploymentResponse | DeploymentResponseGenerator
         if self.stream:
             response = DeploymentResponseGenerator(router, self.method_name, args, kwargs)
@@ -190,7 +188,7 @@ def _rebuild_sync_handle(handle: DeploymentHandle) -> SyncHandle:
     return SyncHandle(handle, context.trio_token)
 
 
-class SyncResponse:
+class SyncResponse(ResponseWrapper):
     """The pending result of a sync handle's request."""
 
     __slots__ = ("_response", "_token")

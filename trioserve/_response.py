@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._router import Router
 
 _CONTAINERS = (list, tuple, dict)
+_ANY_RESPONSE: tuple[type, ...] = ()  # set below, once the classes exist
 
 
 class _Request:
@@ -53,15 +54,18 @@ class _Request:
 
     # -- chaining
 
-    def _upstream(self) -> list[DeploymentResponse]:
+    def _upstream(self) -> list[DeploymentResponse] | None:
+        """The responses among the arguments that have no value yet; None when the
+        arguments hold no response at all (the common case: nothing to substitute)."""
         found: list[DeploymentResponse] = []
+        seen = False
         for value in self._args:
-            if isinstance(value, DeploymentResponse) or type(value) in _CONTAINERS:
-                _collect(value, found)
+            if isinstance(value, _ANY_RESPONSE) or type(value) in _CONTAINERS:
+                seen = _collect(value, found) or seen
         for value in self._kwargs.values():
-            if isinstance(value, DeploymentResponse) or type(value) in _CONTAINERS:
-                _collect(value, found)
-        return found
+            if isinstance(value, _ANY_RESPONSE) or type(value) in _CONTAINERS:
+                seen = _collect(value, found) or seen
+        return found if seen else None
 
     def _substitute(self) -> BaseException | None:
         """Replace upstream responses by their values; the first upstream error, if any."""
@@ -103,19 +107,35 @@ class _Request:
         return self._replica_id
 
 
-def _collect(value: Any, found: list[DeploymentResponse]) -> None:
+class ResponseWrapper:
+    """Base of objects that stand for a :class:`DeploymentResponse` (the sync handle's
+    ``SyncResponse``); they are unwrapped wherever a response is accepted."""
+
+    __slots__ = ()
+    _response: DeploymentResponse
+
+
+def _collect(value: Any, found: list[DeploymentResponse]) -> bool:
+    """Add the pending responses in ``value`` to ``found``; whether it holds any response."""
+    if isinstance(value, ResponseWrapper):
+        value = value._response
     if isinstance(value, DeploymentResponse):
         if not value._future.done():
             found.append(value)
-    elif type(value) is dict:
+        return True
+    seen = False
+    if type(value) is dict:
         for v in value.values():
-            _collect(v, found)
+            seen = _collect(v, found) or seen
     elif type(value) in (list, tuple):
         for v in value:
-            _collect(v, found)
+            seen = _collect(v, found) or seen
+    return seen
 
 
 def _resolved(value: Any) -> Any:
+    if isinstance(value, ResponseWrapper):
+        value = value._response
     if isinstance(value, DeploymentResponse):
         return value._future.result()
     if type(value) is dict:
@@ -246,3 +266,6 @@ class DeploymentResponseGenerator(_Request):
     async def aclose(self) -> None:
         self.cancel()
         await trio.lowlevel.checkpoint()
+
+
+_ANY_RESPONSE = (DeploymentResponse, ResponseWrapper)

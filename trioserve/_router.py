@@ -146,8 +146,16 @@ class Router:
             req._fail(DeploymentUnavailableError(self.unavailable, deployment=self.name))
             return
         upstream = req._upstream()
-        if not upstream:
+        if upstream is None:
             self._enqueue(req)
+            return
+        if not upstream:  # every response it holds has its value already
+            error = req._substitute()
+            if error is not None:
+                self._count_error(req)
+                req._fail(error)
+            else:
+                self._enqueue(req)
             return
         self.resolving += 1
         remaining = [len(upstream)]

@@ -1,0 +1,122 @@
+"""The public surface: ``__all__`` lists exactly what ``__init__.py`` re-exports."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import types
+from pathlib import Path
+
+import pytest
+
+import actors
+import actors.exceptions
+import trioserve
+import trioserve.exceptions
+
+
+def _reexported_names(package: types.ModuleType) -> set[str]:
+    """The names ``__init__.py`` binds with ``from .x import y as y`` (public ones)."""
+    assert package.__file__ is not None
+    tree = ast.parse(Path(package.__file__).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            for alias in node.names:
+                name = alias.asname or alias.name
+                if not name.startswith("_"):
+                    names.add(name)
+    return names
+
+
+@pytest.mark.parametrize("package", [trioserve, actors], ids=lambda p: p.__name__)
+def test_public_api_all_matches_reexports(package: types.ModuleType) -> None:
+    """``__all__`` is exactly the set of names the package's ``__init__`` re-exports."""
+    exported = package.__all__
+    assert len(exported) == len(set(exported)), "duplicates in __all__"
+    assert set(exported) == _reexported_names(package)
+
+
+@pytest.mark.parametrize("package", [trioserve, actors], ids=lambda p: p.__name__)
+def test_public_api_every_name_exists(package: types.ModuleType) -> None:
+    """Every name in ``__all__`` can be imported from the package."""
+    missing = [name for name in package.__all__ if not hasattr(package, name)]
+    assert missing == []
+    namespace: dict[str, object] = {}
+    exec(f"from {package.__name__} import *", namespace)
+    assert set(package.__all__) <= set(namespace)
+
+
+@pytest.mark.parametrize("package", [trioserve, actors], ids=lambda p: p.__name__)
+def test_public_api_no_unlisted_public_attribute(package: types.ModuleType) -> None:
+    """No public, non-module attribute of the package is missing from ``__all__``."""
+    unlisted = [
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"  # from __future__ import annotations
+        and name not in package.__all__
+    ]
+    assert unlisted == []
+
+
+def test_public_api_design_names_present() -> None:
+    """The names the design document promises to users are exported."""
+    promised = {
+        "deployment",
+        "Deployment",
+        "Application",
+        "run",
+        "start",
+        "shutdown",
+        "status",
+        "delete",
+        "get_app_handle",
+        "get_deployment_handle",
+        "get",
+        "wait",
+        "get_async",
+        "wait_async",
+        "open_serve",
+        "DeploymentHandle",
+        "SyncHandle",
+        "DeploymentResponse",
+        "ServeError",
+        "BackPressureError",
+        "ReplicaDiedError",
+        "DeploymentUnavailableError",
+        "RequestCancelledError",
+        "DeploymentFailedError",
+        "RequestTimeoutError",
+        "AutoscalingConfig",
+    }
+    assert promised <= set(trioserve.__all__)
+
+
+@pytest.mark.parametrize(
+    ("module", "root"),
+    [(trioserve.exceptions, trioserve.ServeError), (actors.exceptions, actors.ActorError)],
+    ids=["trioserve", "actors"],
+)
+def test_public_api_errors_share_one_root(module: types.ModuleType, root: type) -> None:
+    """Every error a package defines derives from its root, and is exported."""
+    package = trioserve if module is trioserve.exceptions else actors
+    classes = [
+        value
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__ == module.__name__
+    ]
+    assert root in classes
+    assert len(classes) > 3
+    for cls in classes:
+        assert issubclass(cls, root), cls
+        assert getattr(package, cls.__name__) is cls
+
+
+def test_public_api_request_timeout_is_a_timeout_error() -> None:
+    """``except TimeoutError`` catches serve's request timeouts."""
+    assert issubclass(trioserve.RequestTimeoutError, TimeoutError)
+    assert issubclass(trioserve.RequestTimeoutError, trioserve.ServeError)
