@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import trio
 
+from . import _context
 from ._deployment import Application
 from ._handle import DeploymentHandle, SyncHandle, SyncResponse, check_not_in_loop
 from ._instance import ServeInstance, open_serve
@@ -86,6 +87,18 @@ def _running() -> _Background:
     return _background
 
 
+def _local_instance() -> ServeInstance | None:
+    """The serve instance whose Trio thread we are in (``async with open_serve()``)."""
+    context = _context.current_or_none()
+    if not isinstance(context, ServeInstance):
+        return None
+    try:
+        token = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+    return context if token is context.trio_token else None
+
+
 def _instance() -> tuple[_Background, ServeInstance]:
     bg = _running()
     assert bg.instance is not None
@@ -151,6 +164,12 @@ def get_app_handle(*, sync: Literal[False]) -> DeploymentHandle: ...
 
 
 def get_app_handle(name: str = "default", sync: bool = True) -> SyncHandle | DeploymentHandle:
+    """A handle to an application's ingress deployment (sync by default; inside the serve
+    instance's Trio thread, ``sync=False`` gives a DeploymentHandle)."""
+    local = _local_instance()
+    if local is not None:
+        handle = local.get_app_handle(name)
+        return SyncHandle(handle, local.trio_token) if sync else handle
     bg, instance = _instance()
 
     async def get() -> DeploymentHandle:
@@ -175,6 +194,16 @@ def get_deployment_handle(
 def get_deployment_handle(
     deployment_name: str, app_name: str = "default", sync: bool = True
 ) -> SyncHandle | DeploymentHandle:
+    """A handle to one deployment of an application."""
+    context = _context.current_or_none()
+    if context is not None and not isinstance(context, ServeInstance):
+        # in a replica process: bind to its own routers
+        handle = DeploymentHandle(deployment_name, app_name, _context=context)
+        return SyncHandle(handle, context.trio_token) if sync else handle
+    local = _local_instance()
+    if local is not None:
+        handle = local.get_deployment_handle(deployment_name, app_name)
+        return SyncHandle(handle, local.trio_token) if sync else handle
     bg, instance = _instance()
     handle = instance.get_deployment_handle(deployment_name, app_name)
     assert bg.token is not None
@@ -184,7 +213,19 @@ def get_deployment_handle(
 def get_deployment_handle_any_app(
     deployment_name: str, sync: bool = True
 ) -> SyncHandle | DeploymentHandle:
-    """For ``Deployment.get_handle()``: the deployment in whichever application runs it."""
+    """For ``Deployment.get_handle()``: the deployment in whichever application runs it
+    (in a replica process: in the replica's own application)."""
+    context = _context.current_or_none()
+    app = getattr(context, "app", None)
+    if context is not None and isinstance(app, str):
+        handle = DeploymentHandle(deployment_name, app, _context=context)
+        return SyncHandle(handle, context.trio_token) if sync else handle
+    local = _local_instance()
+    if local is not None:
+        handle = local.get_deployment_handle(
+            deployment_name, local.find_deployment_app(deployment_name)
+        )
+        return SyncHandle(handle, local.trio_token) if sync else handle
     bg, instance = _instance()
 
     async def find() -> str:

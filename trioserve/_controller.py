@@ -300,9 +300,11 @@ class Controller:
 
     @staticmethod
     async def _stop_sets(sets: list[ReplicaSet]) -> None:
-        async with trio.open_nursery() as stopping:
-            for replica_set in sets:
-                stopping.start_soon(replica_set.stop)
+        """Stop replica sets callers first: ``sets`` come downstream first (the order of
+        ``Application.walk``), so an ingress drains while the deployments it calls still
+        answer its in-flight requests."""
+        for replica_set in reversed(sets):
+            await replica_set.stop()
 
     async def shutdown(self) -> None:
         for name in list(self.apps):

@@ -89,7 +89,7 @@ class Replica:
             address = os.environ.get(ENV_CONTROLLER)
             token = actors.instance_token()
             if address and token:
-                context = ReplicaProcessContext(address, token)
+                context = ReplicaProcessContext(address, token, app=self.info.app)
                 await context.start()
                 _context.set_current(context)
         if self.user_config is not None:
@@ -233,8 +233,10 @@ class ReplicaProcessContext:
     here, and one connection per downstream replica.
     """
 
-    def __init__(self, controller_address: str, token: str) -> None:
+    def __init__(self, controller_address: str, token: str, *, app: str) -> None:
         self.trio_token = trio.lowlevel.current_trio_token()
+        #: the application of the replica this process hosts
+        self.app = app
         self._address = controller_address
         self._token = token
         self._routers: dict[tuple[str, str], Router] = {}
