@@ -33,7 +33,12 @@ async def _serve_object(
         async with trio.open_nursery() as listener:
             bound, port = await listener.start(
                 lambda task_status: serve_host(
-                    host, token=token, bind=bind_host, port=0, task_status=task_status
+                    host,
+                    token=token,
+                    bind=bind_host,
+                    port=0,
+                    max_message_size=spec.max_message_size,
+                    task_status=task_status,
                 )
             )
             control.send_nowait(_wire.Ready(bound, port))

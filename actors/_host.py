@@ -235,16 +235,20 @@ class ActorHost:
         kwargs: dict[str, Any],
         credit: _Credit | None,
     ) -> None:
-        started = trio.current_time()
+        observer = self.observer
+        started = trio.current_time() if observer is not None else 0.0
         ok = False
         try:
             with scope:
                 try:
                     if payload is not None:
                         args, kwargs = _codec.decode_args(payload)
-                    fn, kind = self.resolve(method)
+                    fn, kind = self._methods.get(method) or self.resolve(method)
                     if credit is None:
-                        value = await self._invoke(fn, kind, args, kwargs)
+                        if kind == "async":
+                            value = await fn(*args, **kwargs)
+                        else:
+                            value = await self._invoke(fn, kind, args, kwargs)
                         ok = True
                         reply.result(value)
                     else:
@@ -262,8 +266,8 @@ class ActorHost:
             pass
         finally:
             self._release()
-            if self.observer is not None:
-                self.observer(method, trio.current_time() - started, ok)
+            if observer is not None:
+                observer(method, trio.current_time() - started, ok)
 
     @staticmethod
     async def _invoke(

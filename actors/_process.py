@@ -169,7 +169,13 @@ class ActorSystem:
 
         async def run_connection(task_status: trio.TaskStatus[RemoteRef]) -> None:
             with connection_scope:  # why: see above; cancelled explicitly below
-                await connect(address, token=self.token, name=spec.name, task_status=task_status)
+                await connect(
+                    address,
+                    token=self.token,
+                    name=spec.name,
+                    max_message_size=spec.max_message_size,
+                    task_status=task_status,
+                )
 
         async with trio.open_nursery() as nursery:
             ref = await nursery.start(run_connection)

@@ -9,7 +9,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from ._host import ActorHost
-from ._link import Link
+from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
 from ._transport import serve_links
 
 ENV_TOKEN = "ACTORS_TOKEN"
@@ -21,6 +21,7 @@ async def serve_host(
     token: str | bytes,
     bind: str = "127.0.0.1",
     port: int = 0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``bind:port`` and run calls from every authenticated caller on ``host``.
@@ -32,7 +33,7 @@ async def serve_host(
 
     async def on_link(ws: WebSocketConnection) -> None:
         holder: list[Any] = []
-        link = Link(ws, lambda env: holder[0].on_envelope(env))
+        link = Link(ws, lambda env: holder[0].on_envelope(env), max_message_size=max_message_size)
         session = host.session(link)
         holder.append(session)
         host.links.add(link)
@@ -42,7 +43,14 @@ async def serve_host(
             host.links.discard(link)
             session.close()
 
-    await serve_links(on_link, token=token, host=bind, port=port, task_status=task_status)
+    await serve_links(
+        on_link,
+        token=token,
+        host=bind,
+        port=port,
+        max_message_size=max_message_size,
+        task_status=task_status,
+    )
 
 
 def instance_token() -> str | None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from ._link import DEFAULT_MAX_MESSAGE_SIZE
 from ._ref import ActorRef
 
 Placement = Literal["process", "inline"]
@@ -16,6 +17,11 @@ Placement = Literal["process", "inline"]
 def _check_placement(_inst: object, _attr: object, value: str) -> None:
     if value not in ("process", "inline"):
         raise ValueError(f"placement must be 'process' or 'inline', got {value!r}")
+
+
+def _check_size(_inst: object, _attr: object, value: int) -> None:
+    if value < 1024:
+        raise ValueError(f"max_message_size must be >= 1024 bytes, got {value!r}")
 
 
 def _check_max_ongoing(_inst: object, _attr: object, value: int | None) -> None:
@@ -41,6 +47,8 @@ class ActorSpec:
     placement: Placement = attrs.field(default="process", validator=_check_placement)
     grace_s: float = 5.0
     env: Mapping[str, str] = attrs.field(factory=dict)
+    #: the largest websocket message the actor's connections accept, in bytes
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_check_size)
 
 
 @attrs.define(eq=False)
