@@ -126,13 +126,17 @@ class CallFuture:
         return self.wait().__await__()
 
     def cancel(self) -> bool:
-        """Cancel the call if it has not finished; returns whether it was still pending."""
+        """Cancel the call if it has not finished; returns whether it was still pending.
+
+        The actor is told first, then the future ends: whatever the future's callbacks send
+        next reaches the actor after the cancellation.
+        """
         if self.done():
             return False
-        canceller = self._canceller
-        self.set_error(self.cancelled_error(f"call {self.label} was cancelled by its caller"))
+        canceller, self._canceller = self._canceller, None
         if canceller is not None:
             canceller()
+        self.set_error(self.cancelled_error(f"call {self.label} was cancelled by its caller"))
         return True
 
 
@@ -225,11 +229,11 @@ class StreamReceiver:
         """Stop the stream: the actor's generator is cancelled."""
         if self._ended:
             return
-        canceller = self._canceller
+        canceller, self._canceller = self._canceller, None
+        if canceller is not None:
+            canceller()  # the actor hears of it before anything the callbacks send
         self.finish(CallCancelledError(f"stream {self.label} was cancelled by its caller"))
         self._items.clear()
-        if canceller is not None:
-            canceller()
 
     async def aclose(self) -> None:
         self.cancel()

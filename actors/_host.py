@@ -61,6 +61,16 @@ class _Credit:
         self.available -= 1
 
 
+class _Running:
+    """A started call: its cancel scope, and whether it still counts as ongoing."""
+
+    __slots__ = ("released", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.released = False
+
+
 class _Reply:
     """Where a call's outcome goes: an envelope on a link, or a local future."""
 
@@ -193,6 +203,14 @@ class ActorHost:
         if self.ongoing == 0:
             self._idle.unpark_all()
 
+    def cancel(self, running: _Running) -> None:
+        """Cancel a call and stop counting it at once: a call the caller sends right after
+        cancelling is admitted even though the cancelled task has not unwound yet."""
+        running.scope.cancel()
+        if not running.released:
+            running.released = True
+            self._release()
+
     def stop_accepting(self) -> None:
         self.accepting = False
 
@@ -217,17 +235,17 @@ class ActorHost:
         *,
         timeout: float | None,
         credit: _Credit | None,
-    ) -> trio.CancelScope:
-        """Start one admitted call; returns the scope that cancels it."""
-        scope = trio.CancelScope()
+    ) -> _Running:
+        """Start one admitted call; returns its handle for :meth:`cancel`."""
+        running = _Running()
         if timeout is not None:
-            scope.deadline = trio.current_time() + max(timeout, 0.0)
-        self._nursery.start_soon(self._run, scope, reply, method, payload, args, kwargs, credit)
-        return scope
+            running.scope.deadline = trio.current_time() + max(timeout, 0.0)
+        self._nursery.start_soon(self._run, running, reply, method, payload, args, kwargs, credit)
+        return running
 
     async def _run(
         self,
-        scope: trio.CancelScope,
+        running: _Running,
         reply: _Reply,
         method: str,
         payload: bytes | _wire.Raw | None,
@@ -238,6 +256,7 @@ class ActorHost:
         observer = self.observer
         started = trio.current_time() if observer is not None else 0.0
         ok = False
+        scope = running.scope
         try:
             with scope:
                 try:
@@ -265,7 +284,9 @@ class ActorHost:
         except Exception:  # why: the link may be gone; the caller is told by its loss instead
             pass
         finally:
-            self._release()
+            if not running.released:
+                running.released = True
+                self._release()
             if observer is not None:
                 observer(method, trio.current_time() - started, ok)
 
@@ -337,10 +358,10 @@ class ActorHost:
         if refused is not None:
             fut.set_error(RejectedError(refused, actor=self.name))
             return fut
-        scope = self.start(
+        running = self.start(
             _LocalReply(fut), method, None, args, kwargs, timeout=timeout, credit=None
         )
-        fut._canceller = scope.cancel
+        fut._canceller = lambda: self.cancel(running)
         return fut
 
     def submit_local_stream(
@@ -353,11 +374,11 @@ class ActorHost:
         window: int = 16,
     ) -> StreamReceiver:
         credit = _Credit(window)
-        scope_holder: list[trio.CancelScope] = []
+        scope_holder: list[_Running] = []
         receiver = StreamReceiver(
             window=window,
             ack=credit.add,
-            canceller=lambda: scope_holder[0].cancel(),
+            canceller=lambda: self.cancel(scope_holder[0]),
             label=f"{self.name}.{method}",
         )
         refused = self.try_admit()
@@ -383,7 +404,7 @@ class HostSession:
     def __init__(self, host: ActorHost, link: Link) -> None:
         self.host = host
         self.link = link
-        self.scopes: dict[int, trio.CancelScope] = {}
+        self.scopes: dict[int, _Running] = {}
         self.credits: dict[int, _Credit] = {}
 
     def on_envelope(self, env: _wire.Envelope) -> None:
@@ -393,7 +414,7 @@ class HostSession:
         elif t is _wire.Cancel:
             scope = self.scopes.get(env.id)  # type: ignore[union-attr]
             if scope is not None:
-                scope.cancel()
+                self.host.cancel(scope)
         elif t is _wire.StreamAck:
             credit = self.credits.get(env.id)  # type: ignore[union-attr]
             if credit is not None:
@@ -414,8 +435,8 @@ class HostSession:
 
     def close(self) -> None:
         """The caller is gone: cancel everything it asked for."""
-        for scope in self.scopes.values():
-            scope.cancel()
+        for running in self.scopes.values():
+            running.scope.cancel()
         self.scopes.clear()
         self.credits.clear()
 

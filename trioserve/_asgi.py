@@ -75,14 +75,13 @@ async def run_asgi(
     """Run one HTTP request through ``app``; the head and body chunks go out via ``emit``
     (head first, as ``[status, [[name, value], ...]]``)."""
     root = "" if route_prefix == "/" else route_prefix.rstrip("/")
-    sub_path = path[len(root) :] if root and path.startswith(root) else path
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": method,
         "scheme": "http",
-        "path": sub_path or "/",
+        "path": path,  # includes root_path, as ASGI 3 frameworks expect
         "raw_path": path.encode(),
         "root_path": root,
         "query_string": query_string.encode(),

@@ -8,6 +8,7 @@ request's handler. Malformed HTTP gets a 400 and closes only that connection.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn
 
@@ -18,6 +19,7 @@ import trio
 from ._http import Request
 
 RECEIVE_SIZE = 64 * 1024
+logger = logging.getLogger("trioserve.http")
 
 
 @attrs.frozen(kw_only=True)
@@ -43,6 +45,10 @@ Handler = Callable[[Request], Awaitable[HTTPReply]]
 
 class _ClientGone(Exception):
     pass
+
+
+def _head_size(event: h11.Request) -> int:
+    return len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
 
 
 def plain(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> HTTPReply:
@@ -80,10 +86,9 @@ class _Connection:
             await self.stream.send_all(data)
 
     async def serve(self) -> None:
-        first = True
+        timeout = self.limits.header_timeout_s
         while True:
-            timeout = self.limits.header_timeout_s if first else self.limits.idle_timeout_s
-            first = False
+            event: object = None
             with trio.move_on_after(timeout):
                 try:
                     event = await self.next_event()
@@ -92,20 +97,20 @@ class _Connection:
                     return
                 except _ClientGone:
                     return
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return
-                if isinstance(event, h11.Request):
-                    if not await self._handle(event):
-                        return
-                    if self.conn.our_state is h11.MUST_CLOSE or self.eof:
-                        return
-                    try:
-                        self.conn.start_next_cycle()
-                    except h11.LocalProtocolError:
-                        return
-                    continue
+            if not isinstance(event, h11.Request):
+                return  # closed, or idle / header timeout: close quietly
+            if _head_size(event) > self.limits.max_header_bytes:
+                await self._refuse(431, "request header fields too large")
                 return
-            return  # idle or header timeout: close quietly
+            if not await self._handle(event):
+                return
+            if self.conn.our_state is h11.MUST_CLOSE or self.eof:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+            timeout = self.limits.idle_timeout_s
 
     async def _refuse(self, status: int, text: str) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -201,9 +206,15 @@ class _Connection:
         else:
             headers.append(("transfer-encoding", "chunked"))
             await self.send(h11.Response(status_code=reply.status, headers=headers))
-            async for chunk in reply.body:
-                if chunk:
-                    await self.send(h11.Data(data=chunk))
+            try:
+                async for chunk in reply.body:
+                    if chunk:
+                        await self.send(h11.Data(data=chunk))
+            except Exception:
+                # the status is sent; all a client can be told now is that the body is cut
+                # short: end the connection without the final chunk
+                self.eof = True
+                return
         await self.send(h11.EndOfMessage())
 
 
@@ -229,6 +240,8 @@ async def serve_http(
             await _Connection(stream, handler, limits).serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # why: one connection's failure must not stop the server
+            logger.exception("HTTP connection failed")
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True  # why: close the socket even when cancelled

@@ -24,6 +24,7 @@ from ._asgi import ASGI_ATTR, run_asgi
 from ._http import STREAM_HEAD, Request, chunk_bytes, response_head
 from ._metrics import Histogram
 from ._router import Router
+from ._ship import unship
 
 ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
 _INTERNAL = {
@@ -79,6 +80,7 @@ class Replica:
     ) -> None:
         self.info = info
         self.is_function = is_function
+        target = unship(target)
         self.user: Any = target if is_function else target(*args, **kwargs)
         self.user_config = user_config
         self.metrics = ReplicaMetrics()

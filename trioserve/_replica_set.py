@@ -15,6 +15,7 @@ from ._autoscaling import LoadWindow, ScalingState, decide_replicas
 from ._config import DeploymentConfig
 from ._deployment import Deployment
 from ._replica import ENV_CONTROLLER, Replica, ReplicaInfo
+from ._ship import ship
 
 REPLICA_MAX_RESTARTS = 10
 REPLICA_RESTART_PERIOD_S = 10.0
@@ -162,7 +163,7 @@ class ReplicaSet:
             factory=Replica,
             args=(
                 info,
-                self.deployment.target,
+                ship(self.deployment.target),
                 self.args,
                 self.kwargs,
                 self.deployment.is_function,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import CallFuture, StreamReceiver
+from actors import CallFuture, RejectedError, StreamReceiver
 
 from .exceptions import RequestCancelledError
 
@@ -91,8 +91,11 @@ class _Request:
             self._assigned.set()
 
     def _unassign(self) -> None:
+        """The replica refused the request; it waits in the queue again."""
         self._replica_id = None
         self._inner = None
+        if self._assigned is not None and self._assigned.is_set():
+            self._assigned = None  # the next assignment needs a fresh event
 
     async def _wait_assigned(self) -> None:
         """Wait until a replica has the request, or it has failed before that."""
@@ -231,30 +234,35 @@ class DeploymentResponseGenerator(_Request):
         return self
 
     async def __anext__(self) -> Any:
-        try:
-            await self._wait_assigned()
-        except trio.Cancelled:  # why: a cancelled consumer cancels the stream; re-raised
-            self.cancel()
-            raise
-        inner = self._inner
-        assert inner is None or isinstance(inner, StreamReceiver)
-        if inner is None or (self._error is not None and inner.finished):
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err
-            raise StopAsyncIteration
-        try:
-            return await inner.__anext__()
-        except StopAsyncIteration:
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err from None
-            raise
-        except Exception:
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err from None
-            raise
+        while True:
+            try:
+                await self._wait_assigned()
+            except trio.Cancelled:  # why: a cancelled consumer cancels the stream; re-raised
+                self.cancel()
+                raise
+            inner = self._inner
+            assert inner is None or isinstance(inner, StreamReceiver)
+            if inner is None:
+                if self._error is not None:
+                    err, self._error = self._error, None
+                    raise err
+                raise StopAsyncIteration
+            try:
+                return await inner.__anext__()
+            except RejectedError:
+                if self._inner is not inner and not self._finished:
+                    continue  # the router queued it again: read from the next replica
+                raise
+            except StopAsyncIteration:
+                if self._error is not None:
+                    err, self._error = self._error, None
+                    raise err from None
+                raise
+            except Exception:
+                if self._error is not None:
+                    err, self._error = self._error, None
+                    raise err from None
+                raise
 
     def cancel(self) -> None:
         if not self._finished:

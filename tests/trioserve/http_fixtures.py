@@ -1,0 +1,214 @@
+"""Deployments and ASGI apps shared by the HTTP tests (proxy and CLI).
+
+Module level in an importable module so replica processes can import them. The CLI tests
+serve ``app`` from this file by path (``trioserve run tests/trioserve/http_fixtures.py:app``),
+which imports it as the top-level module ``http_fixtures``: keep it free of relative imports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+import trio.lowlevel
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+import trioserve as serve
+
+
+class ModelBrokeError(Exception):
+    """A user error raised while answering an HTTP request."""
+
+
+@serve.deployment
+class Lab:
+    """An ingress that answers by the last segment of the path:
+
+    ``echo`` (what it received, as JSON), ``created`` (a ``Response`` with status 201 and a
+    header), ``fail`` (raises), ``hang?key=K`` (waits forever, recording that it started and
+    whether it was cancelled under ``K``).
+    """
+
+    def __init__(self, name: str = "lab") -> None:
+        self.name = name
+        self.started: dict[str, trio.Event] = {}
+        self.cancelled: dict[str, trio.Event] = {}
+
+    def _event(self, table: dict[str, trio.Event], key: str) -> trio.Event:
+        return table.setdefault(key, trio.Event())
+
+    async def __call__(self, request: serve.Request) -> Any:
+        action = request.path.rsplit("/", 1)[-1]
+        if action == "echo":
+            return {
+                "app": self.name,
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_params,
+                "json": request.json() if request.body else None,
+                "content_type": request.headers.get("content-type"),
+            }
+        if action == "created":
+            return serve.Response("made it", status_code=201, headers={"X-Lab": self.name})
+        if action == "fail":
+            raise ModelBrokeError("the model broke")
+        if action == "hang":
+            await self._hang(request.query_params["key"])
+        return serve.Response(f"no action {action!r}", status_code=400)
+
+    async def _hang(self, key: str) -> None:
+        self._event(self.started, key).set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:  # why: the test observes the cancellation; re-raised
+            self._event(self.cancelled, key).set()
+            raise
+
+    async def wait_started(self, key: str) -> bool:
+        await self._event(self.started, key).wait()
+        return True
+
+    async def wait_cancelled(self, key: str) -> bool:
+        await self._event(self.cancelled, key).wait()
+        return True
+
+    async def ping(self, x: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return x
+
+
+@serve.deployment
+class Chunks:
+    """A streaming ingress: yields ``first``; with ``?fail=1`` it then raises; with
+    ``?wait=1`` it then blocks until ``release()`` is called through a handle (recording a
+    cancellation); then yields ``second``."""
+
+    def __init__(self) -> None:
+        self.released = trio.Event()
+        self.stopped = trio.Event()
+        self.state = "idle"
+
+    async def __call__(self, request: serve.Request) -> AsyncIterator[str]:
+        self.state = "streaming"
+        yield "first\n"
+        if request.query_params.get("fail") == "1":
+            raise ModelBrokeError("the stream broke")
+        if request.query_params.get("wait") == "1":
+            self.state = "blocked"
+            try:
+                await self.released.wait()
+            except trio.Cancelled:  # why: the test observes the cancellation; re-raised
+                self.state = "cancelled"
+                self.stopped.set()
+                raise
+        yield "second\n"
+        self.state = "finished"
+
+    async def release(self) -> None:
+        self.released.set()
+
+    async def current_state(self) -> str:
+        await trio.lowlevel.checkpoint()
+        return self.state
+
+    async def wait_stopped(self) -> str:
+        """Returns once a blocked stream was cancelled."""
+        await self.stopped.wait()
+        return self.state
+
+
+@serve.deployment
+class Latch:
+    """A one-shot latch in its own deployment: ``wait`` returns once ``open`` was called."""
+
+    def __init__(self) -> None:
+        self.opened = trio.Event()
+
+    async def wait(self) -> None:
+        await self.opened.wait()
+
+    async def open(self) -> None:
+        self.opened.set()
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=1)
+class Gated:
+    """One request at a time, one more queued. ``.../busy`` streams ``busy``, then holds its
+    slot until the ``Latch`` opens (or the request is cancelled); anything else streams
+    ``done`` at once."""
+
+    def __init__(self, latch: serve.DeploymentHandle) -> None:
+        self.latch = latch
+
+    async def __call__(self, request: serve.Request) -> AsyncIterator[str]:
+        if request.path.endswith("/busy"):
+            yield "busy\n"
+            await self.latch.wait.remote()
+        yield "done\n"
+
+
+async def _hello(request: StarletteRequest) -> JSONResponse:
+    return JSONResponse(
+        {"hello": request.path_params["name"], "root_path": request.scope["root_path"]}
+    )
+
+
+async def _echo(request: StarletteRequest) -> JSONResponse:
+    return JSONResponse({"received": await request.json()}, status_code=202)
+
+
+async def _same_name(request: StarletteRequest) -> PlainTextResponse:
+    return PlainTextResponse("inner route")
+
+
+#: a Starlette application defined at module level (importable, so ``@serve.ingress`` can take
+#: the app itself rather than a factory)
+web = Starlette(
+    routes=[
+        Route("/hello/{name}", _hello),
+        Route("/echo", _echo, methods=["POST"]),
+        Route("/web/inner", _same_name),
+    ]
+)
+
+
+@serve.deployment
+@serve.ingress(web)
+class Web:
+    """The Starlette app itself mounted: Starlette answers HTTP; handle calls still reach the
+    class's own methods."""
+
+    def greeting(self) -> str:
+        return "hello from a handle"
+
+
+def build_web() -> Starlette:
+    """A factory for ``web`` (built in the replica)."""
+    return web
+
+
+@serve.deployment
+@serve.ingress(build_web)
+class WebFromFactory:
+    """The same Starlette app, mounted through a factory."""
+
+    def greeting(self) -> str:
+        return "hello from a handle"
+
+
+@serve.deployment
+class Pid:
+    """A plain ingress that says which process served it."""
+
+    async def __call__(self, request: serve.Request) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return {"pid": os.getpid(), "path": request.path}
+
+
+#: what ``trioserve run tests/trioserve/http_fixtures.py:app`` serves
+app = Pid.options(num_replicas=2).bind()

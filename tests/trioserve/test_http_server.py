@@ -1,0 +1,348 @@
+"""The HTTP/1.1 server alone (``_http_server.serve_http``): a small handler, no replicas."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import h11
+import httpx
+import trio
+
+from trioserve._http import Request
+from trioserve._http_server import Handler, HTTPLimits, HTTPReply, plain, serve_http
+
+TIMEOUT_S = 5.0
+
+
+@asynccontextmanager
+async def open_server(handler: Handler, limits: HTTPLimits | None = None) -> AsyncIterator[int]:
+    """Serve ``handler`` on 127.0.0.1 (a free port, yielded) for the block."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            functools.partial(serve_http, handler, host="127.0.0.1", port=0, limits=limits)
+        )
+        yield port
+        nursery.cancel_scope.cancel()
+
+
+async def echo(request: Request) -> HTTPReply:
+    """Answers ``METHOD PATH BODY-LENGTH``."""
+    await trio.lowlevel.checkpoint()
+    return plain(200, f"{request.method} {request.path} {len(request.body)}")
+
+
+def raw_request(target: str, *, method: str = "GET", body: bytes = b"") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nhost: test\r\ncontent-length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+class RawClient:
+    """A client on a raw Trio socket; h11 parses what the server answers."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        """The next response (for a request written raw): status, headers, whole body."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        # h11 only parses a response to a request it saw; the bytes already went out raw
+        self.conn.send(h11.Request(method="GET", target="/", headers=[("host", "test")]))
+        self.conn.send(h11.EndOfMessage())
+        status = 0
+        headers: dict[str, str] = {}
+        body = b""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return status, headers, body
+
+    async def next_event(self) -> object:
+        with trio.fail_after(TIMEOUT_S):
+            while True:
+                event = self.conn.next_event()
+                if event is not h11.NEED_DATA:
+                    return event
+                self.conn.receive_data(await self.stream.receive_some(65536))
+
+
+async def read_to_eof(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    with trio.fail_after(TIMEOUT_S):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+def status_of(raw: bytes) -> int:
+    assert raw.startswith(b"HTTP/1.1 "), raw
+    return int(raw.split(b" ", 2)[1])
+
+
+async def test_serve_http_keeps_connection_alive() -> None:
+    """Several requests on one connection each get their answer; the connection stays open."""
+    async with open_server(echo) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = RawClient(stream)
+        for i in range(3):
+            await stream.send_all(raw_request(f"/ka/{i}", method="POST", body=b"x" * i))
+            status, headers, body = await client.read_response()
+            assert (status, body) == (200, f"POST /ka/{i} {i}".encode())
+            assert headers.get("connection") != "close"
+        await stream.aclose()
+
+
+async def test_serve_http_answers_pipelined_requests_in_order() -> None:
+    """Two requests written back to back get two responses, in order, one at a time."""
+    order: list[str] = []
+    running = 0
+    most_running = 0
+
+    async def handler(request: Request) -> HTTPReply:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        order.append(request.path)
+        await trio.lowlevel.checkpoint()
+        running -= 1
+        return plain(200, f"answer to {request.path}")
+
+    async with open_server(handler) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = RawClient(stream)
+        await stream.send_all(raw_request("/first") + raw_request("/second"))
+        first = await client.read_response()
+        second = await client.read_response()
+        await stream.aclose()
+    assert (first[0], first[2]) == (200, b"answer to /first")
+    assert (second[0], second[2]) == (200, b"answer to /second")
+    assert order == ["/first", "/second"]
+    assert most_running == 1
+
+
+async def test_serve_http_rejects_malformed_request_and_keeps_serving() -> None:
+    """Garbage gets a 400 and its connection closed; the next client is served normally."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> HTTPReply:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with open_server(handler) as port:
+        bad = await trio.open_tcp_stream("127.0.0.1", port)
+        await bad.send_all(b"THIS IS NOT HTTP\r\n\r\n")
+        raw = await read_to_eof(bad)
+        await bad.aclose()
+        assert status_of(raw) == 400
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            response = await http.get("/after")
+        assert (response.status_code, response.text) == (200, "GET /after 0")
+    assert seen == ["/after"]
+
+
+async def test_serve_http_rejects_headers_past_the_limit() -> None:
+    """A header block that keeps growing past ``max_header_bytes`` is refused (431/400)."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> HTTPReply:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with open_server(handler, HTTPLimits(max_header_bytes=1024)) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        # no blank line: the block is never complete, only too long
+        await stream.send_all(b"GET /big HTTP/1.1\r\nhost: test\r\nx-big: " + b"a" * 2000)
+        raw = await read_to_eof(stream)
+        await stream.aclose()
+    assert status_of(raw) in (431, 400)
+    assert seen == []
+
+
+async def test_serve_http_rejects_complete_header_block_past_the_limit() -> None:
+    """A complete header block larger than ``max_header_bytes`` is refused (431/400)."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> HTTPReply:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with open_server(handler, HTTPLimits(max_header_bytes=1024)) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"GET /big HTTP/1.1\r\nhost: test\r\nx-big: "
+            + b"a" * 2000
+            + b"\r\nconnection: close\r\n\r\n"
+        )
+        raw = await read_to_eof(stream)
+        await stream.aclose()
+    assert seen == []
+    assert status_of(raw) in (431, 400)
+
+
+async def test_serve_http_rejects_body_past_the_limit() -> None:
+    """A body over ``max_body_bytes`` gets 413 (declared or chunked); one at the limit is read."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> HTTPReply:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with open_server(handler, HTTPLimits(max_body_bytes=100)) as port:
+        declared = await trio.open_tcp_stream("127.0.0.1", port)
+        await declared.send_all(raw_request("/declared", method="POST", body=b"a" * 101))
+        raw_declared = await read_to_eof(declared)
+        await declared.aclose()
+
+        chunked = await trio.open_tcp_stream("127.0.0.1", port)
+        await chunked.send_all(
+            b"POST /chunked HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"64\r\n" + b"a" * 100 + b"\r\n"  # 100 bytes: at the limit so far
+            + b"1\r\na\r\n0\r\n\r\n"  # one more: past it
+        )  # fmt: skip
+        raw_chunked = await read_to_eof(chunked)
+        await chunked.aclose()
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            response = await http.post("/at-limit", content=b"a" * 100)
+    assert status_of(raw_declared) == 413
+    assert status_of(raw_chunked) == 413
+    assert (response.status_code, response.text) == (200, "POST /at-limit 100")
+    assert seen == ["/at-limit"]
+
+
+async def test_serve_http_streams_chunks_as_produced() -> None:
+    """An async-iterator body goes out chunked; the first chunk arrives before the next exists."""
+    go_on = trio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one;"
+        await go_on.wait()
+        yield b"two"
+
+    async def handler(request: Request) -> HTTPReply:
+        await trio.lowlevel.checkpoint()
+        return HTTPReply(200, [("content-type", "text/plain")], chunks())
+
+    async with open_server(handler) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = RawClient(stream)
+        await stream.send_all(raw_request("/stream"))
+        client.conn.send(h11.Request(method="GET", target="/", headers=[("host", "test")]))
+        client.conn.send(h11.EndOfMessage())
+        head = await client.next_event()
+        assert isinstance(head, h11.Response)
+        assert head.status_code == 200
+        assert (b"transfer-encoding", b"chunked") in list(head.headers)
+        first = await client.next_event()
+        assert isinstance(first, h11.Data)
+        assert bytes(first.data) == b"one;"
+        assert not go_on.is_set()
+        go_on.set()
+        second = await client.next_event()
+        assert isinstance(second, h11.Data)
+        assert bytes(second.data) == b"two"
+        assert isinstance(await client.next_event(), h11.EndOfMessage)
+        await stream.aclose()
+
+
+async def test_serve_http_body_error_ends_only_that_response() -> None:
+    """A body iterator that raises cuts its own response short (no final chunk); the server
+    keeps serving."""
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("the producer broke")
+
+    async def handler(request: Request) -> HTTPReply:
+        await trio.lowlevel.checkpoint()
+        if request.path == "/broken":
+            return HTTPReply(200, [("content-type", "text/plain")], broken())
+        return plain(200, "fine")
+
+    async with open_server(handler) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(raw_request("/broken"))
+        raw = await read_to_eof(stream)
+        await stream.aclose()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            after = await http.get("/after")
+    assert status_of(raw) == 200
+    assert b"partial" in raw
+    assert not raw.endswith(b"0\r\n\r\n")  # the client can tell the body is incomplete
+    assert (after.status_code, after.text) == (200, "fine")
+
+
+async def test_serve_http_cancels_handler_when_client_disconnects() -> None:
+    """A client that goes away mid-request cancels its handler (no work for nobody)."""
+    started = trio.Event()
+    cancelled = trio.Event()
+
+    async def handler(request: Request) -> HTTPReply:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:  # why: the test observes the cancellation; re-raised
+            cancelled.set()
+            raise
+
+    async with open_server(handler) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(raw_request("/wait"))
+        with trio.fail_after(TIMEOUT_S):
+            await started.wait()
+        await stream.aclose()
+        with trio.fail_after(TIMEOUT_S):
+            await cancelled.wait()
+
+
+async def test_serve_http_slow_client_does_not_block_others() -> None:
+    """A client that never finishes its headers does not delay another client."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> HTTPReply:
+        seen.append(request.path)
+        return await echo(request)
+
+    async with open_server(handler) as port:
+        slow = await trio.open_tcp_stream("127.0.0.1", port)
+        await slow.send_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n")  # and nothing more
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            with trio.fail_after(TIMEOUT_S):
+                response = await http.get("/fast")
+        assert (response.status_code, response.text) == (200, "GET /fast 0")
+        await slow.aclose()
+    assert seen == ["/fast"]
+
+
+async def test_serve_http_closes_connection_stalled_in_headers() -> None:
+    """A client stuck in its headers past ``header_timeout_s`` is disconnected."""
+    async with open_server(echo, HTTPLimits(header_timeout_s=0.1)) as port:
+        slow = await trio.open_tcp_stream("127.0.0.1", port)
+        await slow.send_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n")
+        assert await read_to_eof(slow) == b""
+        await slow.aclose()
+
+
+async def test_serve_http_slow_handler_outlives_header_timeout() -> None:
+    """A handler may take longer than ``header_timeout_s``: that limit is for the headers."""
+
+    async def handler(request: Request) -> HTTPReply:
+        await trio.sleep(0.5)  # simulated work, longer than the header timeout below
+        return plain(200, "worth the wait")
+
+    async with open_server(handler, HTTPLimits(header_timeout_s=0.1)) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        raw = await read_to_eof(stream)
+        await stream.aclose()
+    assert status_of(raw) == 200
+    assert raw.endswith(b"worth the wait")
