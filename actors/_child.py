@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import cloudpickle
+import msgspec
 import trio
 
 from . import _codec, _wire
@@ -62,6 +63,18 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _load_spec(blob: bytes) -> tuple[ActorSpec, str]:
+    """The parent's ``sys.path`` goes first, so that the spec's classes can be imported."""
+    sys_path, spec_blob, bind_host = msgspec.msgpack.decode(blob)
+    for entry in reversed(sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    spec = cloudpickle.loads(spec_blob)
+    if not isinstance(spec, ActorSpec):
+        raise TypeError(f"expected an ActorSpec, got {type(spec).__name__}")
+    return spec, bind_host
+
+
 async def _main(token: str, parent: str, child_id: str) -> int:
     send, inbox = trio.open_memory_channel[_wire.Envelope](64)
     code = 0
@@ -85,10 +98,9 @@ async def _run_child(control: Link, inbox: Any, token: str, child_id: str) -> in
     if type(env) is not _wire.Spec:
         return 2
     try:
-        sys_path, spec, bind_host = cloudpickle.loads(env.blob)
-        for entry in reversed(sys_path):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
+        # unpickling imports the user's modules: on a worker thread, so that a slow import
+        # does not stall this process's heartbeats
+        spec, bind_host = await trio.to_thread.run_sync(_load_spec, env.blob)
         obj = await build_object(spec)
     except Exception as exc:
         control.send_nowait(_wire.SpecFailed(_wire.Raw(_codec.encode_error(exc))))

@@ -19,7 +19,7 @@ from .exceptions import MessageTooLargeError
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_TIMEOUT_S = 5.0
+HEARTBEAT_TIMEOUT_S = 10.0
 _HEARTBEAT = _wire.encode_envelope(_wire.Heartbeat())
 _FRAME_OVERHEAD = 16
 

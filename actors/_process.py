@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import cloudpickle
+import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -114,7 +115,7 @@ class ActorSystem:
         env = {**os.environ, **spec.env}
         env.update({ENV_TOKEN: self.token, ENV_PARENT: self.control_address})
         env[ENV_CHILD_ID] = child_id
-        blob = cloudpickle.dumps((list(sys.path), spec, self.child_host))
+        blob = msgspec.msgpack.encode([list(sys.path), cloudpickle.dumps(spec), self.child_host])
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
         )
