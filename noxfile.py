@@ -34,3 +34,9 @@ def tests(session: nox.Session) -> None:
 def examples(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "examples/run_all.py")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -1,0 +1,42 @@
+"""The deployments under test.
+
+They live in an importable module (``bench/`` is on ``sys.path`` when ``bench/run.py`` runs,
+and replica processes receive the driver's ``sys.path``), so replicas import them instead of
+unpickling classes by value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trioserve as serve
+
+#: large enough never to throttle a single replica in these workloads
+MAX_ONGOING = 1000
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING)
+class Noop:
+    """Returns its argument: the cost of a call is all framework."""
+
+    async def __call__(self, x: Any) -> Any:
+        return x
+
+    async def echo(self, x: Any) -> Any:
+        return x
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING)
+class Adder:
+    """The second stage of the chaining workload: receives the first stage's value."""
+
+    async def __call__(self, x: int) -> int:
+        return x + 1
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING)
+class Hello:
+    """The HTTP ingress: a short string for every request."""
+
+    async def __call__(self, request: serve.Request) -> str:
+        return "hello"

@@ -1,0 +1,592 @@
+"""The workloads. Each runs in its own worker process (``bench/run.py --worker NAME``) and
+reports figures as JSON lines through a :class:`Reporter`, one line per figure as soon as
+it is measured, so a workload that hangs later still keeps what it measured.
+
+Every request workload uses :func:`bench_measure.closed_loop`; each case is bounded by a
+timeout, and a case that fails or times out is reported as an error while the workload goes
+on with its next case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+import trio
+from bench_apps import Adder, Hello, Noop
+from bench_measure import LoadResult, closed_loop, closed_loop_sync
+
+import trioserve as serve
+
+HERE = Path(__file__).resolve().parent
+RAW_SERVER = HERE / "raw_echo_server.py"
+PAYLOAD_100K = 100 * 1024
+MIB = 1024 * 1024
+CHILD_EXIT_WAIT_S = 3.0
+#: ``TRIOSERVE_BENCH_HANG=NAME`` makes workload NAME hang (to check timeouts and cleanup)
+HANG_ENV = "TRIOSERVE_BENCH_HANG"
+
+
+@attrs.frozen
+class Settings:
+    warmup_s: float
+    duration_s: float
+    wrk_duration_s: int
+    many_replicas: int
+    lifecycle_reps: int
+    case_slack_s: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(0.1, 0.4, 1, 20, 1, 20.0)
+        return cls(0.5, 3.0, 5, 100, 3, 60.0)
+
+    @property
+    def case_timeout_s(self) -> float:
+        return self.warmup_s + self.duration_s + self.case_slack_s
+
+
+class Reporter:
+    """Writes one JSON object per line to the result file of this worker."""
+
+    def __init__(self, path: str, workload: str, settings: Settings) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.workload = workload
+        self.settings = settings
+
+    def close(self) -> None:
+        self._file.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({"workload": self.workload, **record}) + "\n")
+        self._file.flush()
+
+    def requests(self, case: str, result: LoadResult, raw_case: str | None) -> None:
+        """A request figure; ``raw_case`` names the raw baseline case it is compared with."""
+        self.write({"type": "figure", "case": case, "raw_case": raw_case, **result.figure()})
+
+    def scalar(self, case: str, value: float, unit: str, **extra: Any) -> None:
+        self.write(
+            {
+                "type": "figure",
+                "kind": "scalar",
+                "case": case,
+                "value": {"value": round(value, 4), "unit": unit},
+                **extra,
+            }
+        )
+
+    def error(self, case: str, error: str) -> None:
+        self.write({"type": "error", "case": case, "error": error})
+
+    def skipped(self, case: str, reason: str) -> None:
+        self.write({"type": "skipped", "case": case, "reason": reason})
+
+    def note(self, text: str) -> None:
+        self.write({"type": "note", "text": text})
+
+    async def load(
+        self,
+        case: str,
+        call: Callable[[int], Awaitable[object]],
+        concurrency: int,
+        *,
+        raw_case: str | None,
+    ) -> LoadResult | None:
+        """Measure one case (bounded by the case timeout); report it or its failure."""
+        s = self.settings
+        try:
+            with trio.fail_after(s.case_timeout_s):
+                result = await closed_loop(
+                    call, concurrency, warmup_s=s.warmup_s, duration_s=s.duration_s
+                )
+        except trio.TooSlowError:
+            self.error(case, f"timed out after {s.case_timeout_s:.0f}s")
+            return None
+        except Exception as exc:
+            self.error(case, describe(exc))
+            return None
+        self.requests(case, result, raw_case)
+        return result
+
+
+def describe(exc: BaseException) -> str:
+    """``module.Type: message`` of the exception, or of each leaf of an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        text = "; ".join(describe(e) for e in exc.exceptions)
+    else:
+        text = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+    return text if len(text) < 600 else text[:600] + "..."
+
+
+def check(value: object, expected: object, what: str) -> None:
+    if value != expected:
+        raise AssertionError(f"{what}: expected {expected!r:.80}, got {value!r:.80}")
+
+
+# -- process figures
+
+
+def rss_mib(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / MIB
+
+
+def total_rss_mib() -> tuple[float, int]:
+    """RSS of this process plus all its descendants, and how many descendants there are."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    children = me.children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return total / MIB, len(children)
+
+
+def replica_pids(status: serve.ServeStatus, app: str) -> list[int]:
+    return [
+        r.pid
+        for d in status.applications[app].deployments.values()
+        for r in d.replicas
+        if r.pid is not None
+    ]
+
+
+# -- raw baseline
+
+
+class Echo(msgspec.Struct, array_like=True):
+    id: int
+    value: Any
+
+
+class RawClient:
+    """Many concurrent requests over one websocket: one message per request, replies matched
+    by id by one reader task."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._next = 0
+        self._waiting: dict[int, trio.Event] = {}
+        self._values: dict[int, Any] = {}
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Echo).decode
+
+    async def reader(self) -> None:
+        from trio_websocket import ConnectionClosed
+
+        get = self.ws.get_message
+        decode = self._decode
+        try:
+            while True:
+                reply = decode(await get())
+                self._values[reply.id] = reply.value
+                self._waiting.pop(reply.id).set()
+        except ConnectionClosed:
+            pass
+
+    async def call(self, value: Any) -> Any:
+        request_id = self._next
+        self._next += 1
+        done = self._waiting[request_id] = trio.Event()
+        await self.ws.send_message(self._encode(Echo(request_id, value)))
+        await done.wait()
+        return self._values.pop(request_id)
+
+
+async def _read_port(stream: trio.abc.ReceiveStream) -> int:
+    data = b""
+    with trio.fail_after(30):
+        while b"\n" not in data:
+            chunk = await stream.receive_some(1024)
+            if not chunk:
+                raise RuntimeError(f"raw echo server exited before listening: {data!r}")
+            data += chunk
+    line = data.split(b"\n", 1)[0].decode()
+    match = re.fullmatch(r"PORT (\d+)", line.strip())
+    if match is None:
+        raise RuntimeError(f"unexpected line from the raw echo server: {line!r}")
+    return int(match.group(1))
+
+
+async def workload_raw(rep: Reporter) -> None:
+    from trio_websocket import open_websocket_url
+
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(RAW_SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        port = await _read_port(proc.stdout)
+        rep.note(f"raw echo server pid {proc.pid} on 127.0.0.1:{port}")
+        async with (
+            open_websocket_url(f"ws://127.0.0.1:{port}/", max_message_size=16 * MIB) as ws,
+            trio.open_nursery() as nursery,
+        ):
+            client = RawClient(ws)
+            nursery.start_soon(client.reader)
+            check(await client.call(7), 7, "raw echo")
+            for c in (1, 16, 32, 64):
+                await rep.load(f"c{c}", client.call, c, raw_case=None)
+            payload = os.urandom(PAYLOAD_100K)
+            check(await client.call(payload), payload, "raw echo of 100 KB")
+            await rep.load("100KB c16", lambda _i: client.call(payload), 16, raw_case=None)
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.stdin is not None:
+            with trio.move_on_after(1):
+                await proc.stdin.aclose()
+        if proc.returncode is None:
+            proc.terminate()  # SIGTERM to the echo server's PID
+            with trio.move_on_after(5):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# -- handles
+
+
+async def _handle_cases(rep: Reporter, deployment: serve.Deployment) -> None:
+    async with serve.open_serve(http_port=None) as instance:
+        handle = await instance.run(deployment.bind(), name="noop", route_prefix=None)
+        check(await handle.remote(7), 7, "noop call")
+        for c in (1, 16, 64):
+            await rep.load(f"c{c}", handle.remote, c, raw_case=f"c{c}")
+        status = await instance.status()
+        rep.note(f"replica pids: {replica_pids(status, 'noop') or 'none (inline)'}")
+
+
+async def workload_handle(rep: Reporter) -> None:
+    await _handle_cases(rep, Noop)
+
+
+async def workload_inline(rep: Reporter) -> None:
+    await _handle_cases(rep, Noop.options(placement="inline"))
+
+
+async def workload_method(rep: Reporter) -> None:
+    async with serve.open_serve(http_port=None) as instance:
+        handle = await instance.run(Noop.bind(), name="noop", route_prefix=None)
+        check(await handle.echo.remote(7), 7, "echo method")
+        await rep.load("c16", lambda i: handle.echo.remote(i), 16, raw_case="c16")
+
+
+async def workload_chain(rep: Reporter) -> None:
+    async with serve.open_serve(http_port=None) as instance:
+        model = await instance.run(Noop.bind(), name="noop", route_prefix=None)
+        adder = await instance.run(Adder.bind(), name="adder", route_prefix=None)
+        check(await adder.remote(model.remote(7)), 8, "chained call")
+        await rep.load("c16", lambda i: adder.remote(model.remote(i)), 16, raw_case="c16")
+
+
+async def workload_bytes(rep: Reporter) -> None:
+    payload = os.urandom(PAYLOAD_100K)
+    async with serve.open_serve(http_port=None) as instance:
+        handle = await instance.run(Noop.bind(), name="noop", route_prefix=None)
+        check(await handle.remote(payload), payload, "100 KB echo")
+        await rep.load("100KB c16", lambda _i: handle.remote(payload), 16, raw_case="100KB c16")
+
+
+def workload_sync(rep: Reporter) -> None:
+    """Plain code on the main thread: ``serve.start`` / ``serve.run`` / ``.result()``."""
+    s = rep.settings
+    timeout = s.case_timeout_s
+    serve.start(http_port=None)
+    try:
+        handle = serve.run(Noop.bind(), name="noop", route_prefix=None)
+        check(handle.remote(7).result(timeout_s=timeout), 7, "sync call")
+        try:
+            result = closed_loop_sync(
+                lambda i: handle.remote(i).result(timeout_s=timeout),
+                warmup_s=s.warmup_s,
+                duration_s=s.duration_s,
+            )
+        except Exception as exc:
+            rep.error("c1", describe(exc))
+        else:
+            rep.requests("c1", result, raw_case="c1")
+    finally:
+        serve.shutdown()
+
+
+# -- HTTP
+
+_WRK_LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """Requests/sec, the latency percentiles (ms), request and error counts from wrk."""
+    out: dict[str, Any] = {}
+    match = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    if match is None:
+        raise ValueError(f"no Requests/sec in wrk output:\n{text}")
+    out["throughput"] = float(match.group(1))
+    for pct, value, unit in _WRK_LATENCY.findall(text):
+        out[f"p{pct}"] = float(value) * _UNIT_MS[unit]
+    match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    if match:
+        out["requests"] = int(match.group(1))
+    match = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    out["non_2xx"] = int(match.group(1)) if match else 0
+    match = re.search(r"Socket errors:(.*)", text)
+    out["socket_errors"] = match.group(1).strip() if match else ""
+    return out
+
+
+async def _run_wrk(rep: Reporter, url: str) -> None:
+    s = rep.settings
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        rep.skipped("wrk c32", "wrk is not installed (on Debian: apt-get install -y wrk)")
+        return
+    argv = [wrk, "-t2", "-c32", f"-d{s.wrk_duration_s}s", "--latency", url]
+    try:
+        with trio.fail_after(s.wrk_duration_s + s.case_slack_s):
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False
+            )
+        text = done.stdout.decode(errors="replace")
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr.decode()[:300]}")
+        parsed = parse_wrk(text)
+    except trio.TooSlowError:
+        rep.error("wrk c32", "wrk timed out")
+        return
+    except Exception as exc:
+        rep.error("wrk c32", describe(exc))
+        return
+    rep.write(
+        {
+            "type": "figure",
+            "kind": "requests",
+            "case": "wrk c32",
+            "raw_case": "c32",
+            "concurrency": 32,
+            "throughput": {"value": parsed["throughput"], "unit": "req/s"},
+            "p50": {"value": parsed.get("p50"), "unit": "ms"},
+            "p99": {"value": parsed.get("p99"), "unit": "ms"},
+            "requests_in_window": parsed.get("requests"),
+            "window": {"value": s.wrk_duration_s, "unit": "s"},
+            "tool": " ".join(["wrk", *argv[1:-1]]),
+            "non_2xx": parsed["non_2xx"],
+            "socket_errors": parsed["socket_errors"],
+        }
+    )
+    if parsed["non_2xx"] or any(
+        n != "0" for n in re.findall(r"(\d+)", parsed["socket_errors"] or "")
+    ):
+        rep.note(f"wrk saw errors: non-2xx={parsed['non_2xx']}, {parsed['socket_errors']}")
+
+
+async def workload_http(rep: Reporter) -> None:
+    import httpx
+
+    async with serve.open_serve(http_port=0) as instance:
+        await instance.run(Hello.bind(), name="http", route_prefix="/")
+        assert instance.http_url is not None
+        url = instance.http_url + "/"
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+            first = await client.get(url)
+            check((first.status_code, first.text), (200, "hello"), "HTTP GET /")
+
+            async def get(_i: int) -> None:
+                response = await client.get(url)
+                if response.status_code != 200:
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+            for c in (1, 32):
+                await rep.load(f"httpx c{c}", get, c, raw_case=f"c{c}")
+        await _run_wrk(rep, url)
+
+
+# -- lifecycle
+
+
+async def workload_lifecycle(rep: Reporter) -> None:
+    import psutil
+
+    s = rep.settings
+    colds: list[float] = []
+    shutdowns: list[float] = []
+    for rep_index in range(s.lifecycle_reps):
+        t0 = time.perf_counter()
+        async with serve.open_serve(http_port=None) as instance:
+            handle = await instance.run(Noop.bind(), name="noop", route_prefix=None)
+            check(await handle.remote(1), 1, "first response")
+            cold = time.perf_counter() - t0
+            pids = replica_pids(await instance.status(), "noop")
+            if rep_index == 0:
+                rep.scalar("cold start, first in process", cold, "s")
+                # memory after some traffic, so buffers and caches are in use
+                await closed_loop(handle.remote, 16, warmup_s=0.0, duration_s=s.warmup_s + 0.5)
+                if len(pids) != 1:
+                    rep.error("replica RSS", f"expected one replica PID, status gave {pids}")
+                else:
+                    rep.scalar("replica RSS", rss_mib(pids[0]), "MiB", pid=pids[0])
+                total, n_children = total_rss_mib()
+                rep.scalar("driver RSS", rss_mib(os.getpid()), "MiB")
+                rep.scalar(
+                    "total RSS (driver + children)", total, "MiB", child_processes=n_children
+                )
+            t1 = time.perf_counter()
+        shutdown = time.perf_counter() - t1
+        colds.append(cold)
+        shutdowns.append(shutdown)
+        left = [pid for pid in pids if psutil.pid_exists(pid)]
+        if left:
+            rep.error("shutdown", f"replica processes alive after open_serve exited: {left}")
+    if len(colds) > 1:
+        rep.scalar(
+            f"cold start, median of {len(colds)}", statistics.median(colds), "s", samples=colds
+        )
+    rep.scalar(
+        f"shutdown (leaving open_serve), median of {len(shutdowns)}",
+        statistics.median(shutdowns),
+        "s",
+        samples=shutdowns,
+    )
+
+
+# -- many replicas
+
+
+async def workload_replicas(rep: Reporter) -> None:
+    s = rep.settings
+    n = s.many_replicas
+    async with serve.open_serve(http_port=None) as instance:
+        one = await instance.run(Noop.bind(), name="one", route_prefix=None)
+        check(await one.remote(7), 7, "one replica")
+        await rep.load("c64, 1 replica", one.remote, 64, raw_case="c64")
+        await instance.delete("one")
+
+        t0 = time.perf_counter()
+        try:
+            with trio.fail_after(600):
+                many = await instance.run(
+                    Noop.options(num_replicas=n).bind(), name="many", route_prefix=None
+                )
+        except (serve.ServeError, trio.TooSlowError) as exc:
+            elapsed = time.perf_counter() - t0
+            rep.error(f"start {n} replicas", f"after {elapsed:.1f}s: {describe(exc)}")
+            return
+        startup = time.perf_counter() - t0
+        status = await instance.status()
+        pids = replica_pids(status, "many")
+        running = status.applications["many"].deployments["Noop"].running_replicas
+        rep.scalar(f"time until {n} replicas run", startup, "s", running=running)
+        if running != n or len(set(pids)) != n:
+            rep.error(
+                f"{n} replicas",
+                f"run() returned with running_replicas={running}, {len(set(pids))} PIDs",
+            )
+        check(await many.remote(7), 7, "many replicas")
+        await rep.load(f"c64, {n} replicas", many.remote, 64, raw_case="c64")
+        total, n_children = total_rss_mib()
+        rep.scalar(
+            f"total RSS with {n} replicas", total, "MiB", child_processes=n_children, replicas=n
+        )
+        t1 = time.perf_counter()
+    rep.scalar(f"shutdown with {n} replicas", time.perf_counter() - t1, "s")
+
+
+@attrs.frozen
+class Workload:
+    name: str
+    title: str
+    run: Callable[[Reporter], Any]
+    is_async: bool = True
+    #: bound on the whole worker process, in units of measured cases plus a base
+    cases: int = 1
+    base_timeout_s: float = 60.0
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("raw", "raw baseline (ws + msgspec)", workload_raw, cases=5),
+        Workload("handle", "async handle", workload_handle, cases=3),
+        Workload("inline", "async handle, inline", workload_inline, cases=3),
+        Workload("sync", "sync handle", workload_sync, is_async=False, cases=1),
+        Workload("method", "method accessor", workload_method, cases=1),
+        Workload("chain", "chaining (2 calls)", workload_chain, cases=1),
+        Workload("bytes", "100 KB argument", workload_bytes, cases=1),
+        Workload("http", "HTTP", workload_http, cases=3),
+        Workload("lifecycle", "lifecycle", workload_lifecycle, cases=3),
+        Workload("replicas", "many replicas", workload_replicas, cases=2, base_timeout_s=400),
+    ]
+}
+
+
+def worker_timeout_s(workload: Workload, settings: Settings) -> float:
+    per_case = settings.warmup_s + settings.duration_s + max(5.0, settings.wrk_duration_s)
+    return workload.base_timeout_s + workload.cases * (per_case + 10.0)
+
+
+def _leftover_children(rep: Reporter) -> None:
+    """Every process a workload starts must be gone when it returns: report and end any."""
+    import psutil
+
+    me = psutil.Process()
+    deadline = time.monotonic() + CHILD_EXIT_WAIT_S
+    children = me.children(recursive=True)
+    while children and time.monotonic() < deadline:
+        time.sleep(0.05)
+        children = [c for c in children if c.is_running() and c.status() != "zombie"]
+    if children:
+        pids = [c.pid for c in children]
+        rep.error("cleanup", f"processes still alive after the workload: {pids}")
+        for child in children:
+            child.terminate()
+        psutil.wait_procs(children, timeout=3)
+
+
+async def _hang(rep: Reporter) -> None:
+    """Fault injection for checking the failure path: a replica up, then no progress."""
+    async with serve.open_serve(http_port=None) as instance:
+        await instance.run(Noop.bind(), name="noop", route_prefix=None)
+        rep.note("hanging on purpose (TRIOSERVE_BENCH_HANG)")
+        await trio.sleep_forever()
+
+
+def run_worker(name: str, result_file: str, quick: bool) -> int:
+    workload = WORKLOADS[name]
+    if os.environ.get(HANG_ENV) == name:
+        workload = attrs.evolve(workload, run=_hang, is_async=True)
+    settings = Settings.make(quick)
+    rep = Reporter(result_file, name, settings)
+    code = 0
+    try:
+        if workload.is_async:
+            trio.run(workload.run, rep)
+        else:
+            workload.run(rep)
+    except BaseException as exc:  # why: reported, then the worker exits with an error code
+        import traceback
+
+        traceback.print_exc()
+        rep.error("workload", describe(exc))
+        code = 1
+    finally:
+        _leftover_children(rep)
+        rep.close()
+    return code
