@@ -14,9 +14,9 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 import msgspec
@@ -24,6 +24,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from . import _codec, _wire
+from ._forkserver import ForkServer, fork_supported
 from ._inline import run_inline_actor
 from ._link import Link
 from ._ref import RemoteRef
@@ -64,11 +65,43 @@ class ActorSystem:
     :func:`open_actor_system`.
     """
 
-    def __init__(self, token: str, control_address: str, child_host: str) -> None:
+    def __init__(
+        self,
+        token: str,
+        control_address: str,
+        child_host: str,
+        *,
+        nursery: trio.Nursery | None = None,
+        spawn_method: str = "exec",
+        preload: Sequence[str] = (),
+    ) -> None:
         self.token = token
         self.control_address = control_address
         self.child_host = child_host
+        self.spawn_method = spawn_method
         self._slots: dict[str, _Slot] = {}
+        self._nursery = nursery
+        self._preload = tuple(preload)
+        self._forkserver: ForkServer | None = None
+        self._forkserver_lock = trio.Lock()
+
+    async def _spawn(self, child_id: str, extra_env: Mapping[str, str]) -> ChildProcess:
+        child_env = {**extra_env, ENV_CHILD_ID: child_id}
+        if self.spawn_method == "fork" and self._nursery is not None:
+            async with self._forkserver_lock:
+                if self._forkserver is None:
+                    server = ForkServer(
+                        {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address},
+                        self._preload,
+                    )
+                    await self._nursery.start(server.run)
+                    self._forkserver = server
+            return await self._forkserver.fork(child_id, child_env)
+        env = {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address}
+        env.update(child_env)
+        return await trio.lowlevel.open_process(
+            [sys.executable, "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
+        )
 
     # -- the control listener's side
 
@@ -112,13 +145,12 @@ class ActorSystem:
         child_id = secrets.token_hex(8)
         slot = _Slot()
         self._slots[child_id] = slot
-        env = {**os.environ, **spec.env}
-        env.update({ENV_TOKEN: self.token, ENV_PARENT: self.control_address})
-        env[ENV_CHILD_ID] = child_id
         blob = msgspec.msgpack.encode([list(sys.path), cloudpickle.dumps(spec), self.child_host])
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
-        )
+        try:
+            proc = await self._spawn(child_id, spec.env)
+        except BaseException:  # why: forget the slot of a child that never started; re-raised
+            self._slots.pop(child_id, None)
+            raise
         try:
             host, port = await self._handshake(spec, proc, slot, blob)
             return await self._serve(spec, proc, slot, f"ws://{host}:{port}", task_status)
@@ -127,7 +159,7 @@ class ActorSystem:
             await _stop_process(proc, slot, spec.grace_s)
 
     async def _handshake(
-        self, spec: ActorSpec, proc: trio.Process, slot: _Slot, blob: bytes
+        self, spec: ActorSpec, proc: ChildProcess, slot: _Slot, blob: bytes
     ) -> tuple[str, int]:
         reply: Any = None
         with trio.move_on_after(START_TIMEOUT_S) as timer:
@@ -159,7 +191,7 @@ class ActorSystem:
     async def _serve(
         self,
         spec: ActorSpec,
-        proc: trio.Process,
+        proc: ChildProcess,
         slot: _Slot,
         address: str,
         task_status: trio.TaskStatus[Actor],
@@ -208,7 +240,7 @@ class ActorSystem:
         return proc.returncode
 
 
-async def _stop_process(proc: trio.Process, slot: _Slot, grace_s: float) -> None:
+async def _stop_process(proc: ChildProcess, slot: _Slot, grace_s: float) -> None:
     """Stop ``proc`` for certain: Stop message, wait, SIGTERM, wait, SIGKILL."""
     if proc.returncode is not None:
         return
@@ -227,13 +259,37 @@ async def _stop_process(proc: trio.Process, slot: _Slot, grace_s: float) -> None
                 await proc.wait()
 
 
+class ChildProcess(Protocol):
+    """A child process as the system handles it (``trio.Process`` or a forked one)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @asynccontextmanager
 async def open_actor_system(
-    *, token: str | None = None, host: str = "127.0.0.1"
+    *,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    spawn_method: str | None = None,
+    preload: Sequence[str] = (),
 ) -> AsyncIterator[ActorSystem]:
     """Open an actor system: an instance token and the control listener on ``host``.
 
-    Tasks: the control listener, in this block's nursery. Actors run with
+    ``spawn_method`` is ``"fork"`` (the default where the platform has pidfds: children
+    are forked from a fork server that has imported the runtime, and the modules named in
+    ``preload``, once) or ``"exec"`` (a fresh ``python -m actors._child`` per child).
+
+    Tasks: the control listener and the fork server, in this block's nursery. Actors run with
     ``nursery.start(system.run_actor, spec)`` in nurseries of the caller's choosing, which
     must close before this block does. Leaving the block closes the listener.
     """
@@ -249,7 +305,18 @@ async def open_actor_system(
                 on_link, token=token, host=host, port=0, task_status=task_status
             )
         )
-        system = ActorSystem(token, f"ws://{bound_host}:{port}", host)
+        if spawn_method is None:
+            spawn_method = "fork" if fork_supported() else "exec"
+        if spawn_method not in ("fork", "exec"):
+            raise ValueError(f"spawn_method must be 'fork' or 'exec', got {spawn_method!r}")
+        system = ActorSystem(
+            token,
+            f"ws://{bound_host}:{port}",
+            host,
+            nursery=nursery,
+            spawn_method=spawn_method,
+            preload=preload,
+        )
         holder.append(system)
         try:
             yield system

@@ -100,7 +100,10 @@ async def open_serve(
     Leaving the block stops the proxy, drains every application and stops every replica
     process (no process outlives the block).
     """
-    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+    async with (
+        actors.open_actor_system(preload=("trioserve._replica",)) as system,
+        trio.open_nursery() as nursery,
+    ):
         controller = Controller(system, nursery)
         await nursery.start(controller.serve_api)
         instance = ServeInstance(controller, http_host, http_port)
