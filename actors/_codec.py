@@ -74,7 +74,10 @@ _untrusted = msgspec.msgpack.Decoder(ext_hook=_ext_refused)
 
 def decode_value(data: bytes | msgspec.Raw, *, allow_pickle: bool = True) -> Any:
     """Decode one payload; raises for malformed data (the caller fails just that call)."""
-    return (_trusted if allow_pickle else _untrusted).decode(data)
+    try:
+        return (_trusted if allow_pickle else _untrusted).decode(data)
+    except (RecursionError, UnicodeDecodeError) as exc:
+        raise msgspec.DecodeError(f"malformed payload: {exc!r}") from None
 
 
 def decode_args(
@@ -143,8 +146,8 @@ def decode_error(data: bytes | msgspec.Raw) -> BaseException:
     attached as a note (and as ``remote_traceback``)."""
     try:
         info = _info_decoder.decode(data)
-    except msgspec.MsgspecError as bad:
-        return ProtocolError(f"malformed error payload: {bad}")
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as bad:
+        return ProtocolError(f"malformed error payload: {bad!r}")
     error = _rebuild(info)
     try:
         error.add_note(f"Remote traceback:\n{info.traceback.rstrip()}")

@@ -8,6 +8,7 @@ run on worker threads so they never block it; generator methods stream.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -18,7 +19,12 @@ import trio
 from . import _codec, _wire
 from ._future import CallFuture, StreamReceiver
 from ._link import Link
-from .exceptions import CallCancelledError, DeadlineExceededError, RejectedError
+from .exceptions import (
+    ActorDiedError,
+    CallCancelledError,
+    DeadlineExceededError,
+    RejectedError,
+)
 
 
 def push_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -163,6 +169,9 @@ class ActorHost:
         self._dispatch: Callable[[str], Callable[..., Any]] | None = dispatch
         #: called as ``observer(method, seconds, ok)`` after every call, if set
         self.observer: Callable[[str, float, bool], None] | None = None
+        #: methods admitted even at ``max_ongoing`` and not counted (health checks and the
+        #: like must reach a busy actor)
+        self.control_methods: frozenset[str] = frozenset()
         attach = getattr(obj, "__actor_attach__", None)
         if attach is not None:
             attach(self)
@@ -189,8 +198,11 @@ class ActorHost:
 
     # -- admission
 
-    def try_admit(self) -> str | None:
-        """Count a new call in, or return why it is refused."""
+    def try_admit(self, method: str | None = None) -> str | None:
+        """Count a new call in, or return why it is refused (``"control"`` methods are
+        admitted uncounted)."""
+        if method in self.control_methods:
+            return None
         if not self.accepting:
             return f"{self.name} is stopping and takes no new calls"
         if self.ongoing >= self.max_ongoing:
@@ -238,6 +250,8 @@ class ActorHost:
     ) -> _Running:
         """Start one admitted call; returns its handle for :meth:`cancel`."""
         running = _Running()
+        if method in self.control_methods:
+            running.released = True  # never counted
         if timeout is not None:
             running.scope.deadline = trio.current_time() + max(timeout, 0.0)
         self._nursery.start_soon(self._run, running, reply, method, payload, args, kwargs, credit)
@@ -281,6 +295,10 @@ class ActorHost:
                     reply.error(DeadlineExceededError(f"{self.name}.{method} passed its deadline"))
                 else:
                     reply.error(CallCancelledError(f"{self.name}.{method} was cancelled"))
+        except trio.Cancelled:  # why: the host is stopping; tell the caller, then unwind
+            with contextlib.suppress(Exception):
+                reply.error(ActorDiedError(f"{self.name} stopped while running {method}"))
+            raise
         except Exception:  # why: the link may be gone; the caller is told by its loss instead
             pass
         finally:
@@ -354,7 +372,7 @@ class ActorHost:
         timeout: float | None = None,
     ) -> CallFuture:
         fut = CallFuture(label=f"{self.name}.{method}")
-        refused = self.try_admit()
+        refused = self.try_admit(method)
         if refused is not None:
             fut.set_error(RejectedError(refused, actor=self.name))
             return fut
@@ -381,7 +399,7 @@ class ActorHost:
             canceller=lambda: self.cancel(scope_holder[0]),
             label=f"{self.name}.{method}",
         )
-        refused = self.try_admit()
+        refused = self.try_admit(method)
         if refused is not None:
             receiver.finish(RejectedError(refused, actor=self.name))
             return receiver
@@ -405,6 +423,8 @@ class HostSession:
         self.host = host
         self.link = link
         self.scopes: dict[int, _Running] = {}
+        #: every call still running for this caller (ids may be reused by a bad caller)
+        self.running: set[_Running] = set()
         self.credits: dict[int, _Credit] = {}
 
     def on_envelope(self, env: _wire.Envelope) -> None:
@@ -421,7 +441,13 @@ class HostSession:
                 credit.add(env.n)  # type: ignore[union-attr]
 
     def _on_call(self, call: _wire.Call) -> None:
-        refused = self.host.try_admit()
+        timeout = call.timeout
+        if timeout is not None and math.isnan(timeout):
+            self.link.close(
+                f"call {call.id} has a timeout that is not a number", protocol_error=True
+            )
+            return
+        refused = self.host.try_admit(call.method)
         if refused is not None:
             self.link.send_nowait(_wire.Rejected(call.id, refused))
             return
@@ -429,28 +455,36 @@ class HostSession:
         if credit is not None:
             self.credits[call.id] = credit
         reply = _SessionReply(self, call.id)
-        self.scopes[call.id] = self.host.start(
+        running = self.host.start(
             reply, call.method, call.payload, (), {}, timeout=call.timeout, credit=credit
         )
+        reply.running = running
+        self.scopes[call.id] = running
+        self.running.add(running)
 
     def close(self) -> None:
         """The caller is gone: cancel everything it asked for."""
-        for running in self.scopes.values():
+        for running in self.running:
             running.scope.cancel()
+        self.running.clear()
         self.scopes.clear()
         self.credits.clear()
 
 
 class _SessionReply(_WireReply):
-    __slots__ = ("session",)
+    __slots__ = ("running", "session")
 
     def __init__(self, session: HostSession, call_id: int) -> None:
         super().__init__(session.link, call_id)
         self.session = session
+        self.running: _Running | None = None
 
     def _done(self) -> None:
-        self.session.scopes.pop(self.call_id, None)
-        self.session.credits.pop(self.call_id, None)
+        session = self.session
+        if session.scopes.get(self.call_id) is self.running:
+            del session.scopes[self.call_id]
+            session.credits.pop(self.call_id, None)
+        session.running.discard(self.running)
 
     def result(self, value: Any) -> None:
         self._done()

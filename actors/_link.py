@@ -60,6 +60,7 @@ class Link:
         self.closed = False
         self.close_reason = ""
         self._cancel_scope: trio.CancelScope | None = None
+        self._close_code = 1000
 
     # -- sending
 
@@ -75,8 +76,12 @@ class Link:
         self._outbox_bytes += len(data)
         self._lot.unpark()
 
-    def close(self, reason: str) -> None:
-        """Close from synchronous code: the link's tasks end soon after."""
+    def close(self, reason: str, *, protocol_error: bool = False) -> None:
+        """Close from synchronous code: the link's tasks end soon after. A protocol error
+        closes the websocket with code 1002 (the peer broke the protocol)."""
+        if protocol_error:
+            self._close_code = 1002
+            reason = f"protocol error: {reason}"
         self._mark_closed(reason)
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
@@ -170,17 +175,25 @@ class Link:
 
     async def run(self) -> None:
         self._last_seen = self._last_sent = trio.current_time()
+        cancelled = False
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._watch, self._reader, nursery)
                 nursery.start_soon(self._watch, self._writer, nursery)
                 nursery.start_soon(self._watch, self._heartbeat, nursery)
+        except trio.Cancelled:  # why: noted to skip the close handshake below; re-raised
+            cancelled = True
+            raise
         finally:
             self._mark_closed(self.close_reason or "connection closed")
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True  # why: closing the socket must happen even when cancelled
-                await self.ws.aclose()
+            if not cancelled:
+                # A close handshake needs trio-websocket's reader, which our owner's
+                # cancellation would have stopped too: only attempt it when not cancelled
+                # (trio-websocket closes the socket itself on the way out then).
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True  # why: a closing link says goodbye, bounded
+                    await self.ws.aclose(code=self._close_code, reason=self.close_reason[:120])
 
     async def _watch(self, fn: Callable[[], object], nursery: trio.Nursery) -> None:
         try:

@@ -135,12 +135,24 @@ async def connect(
 async def open_connection(
     address: str, *, token: str | bytes, name: str | None = None
 ) -> AsyncIterator[RemoteRef]:
-    """``async with open_connection(addr, token=t) as ref:`` -- a connection for this block."""
-    async with trio.open_nursery() as nursery:
-        ref: RemoteRef = await nursery.start(
-            lambda task_status: connect(address, token=token, name=name, task_status=task_status)
-        )
-        try:
-            yield ref
-        finally:
-            nursery.cancel_scope.cancel()
+    """``async with open_connection(addr, token=t) as ref:`` -- a connection for this block.
+
+    Errors from the block (or from connecting) are raised unwrapped, as they are the only
+    error the block can end with.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            ref: RemoteRef = await nursery.start(
+                lambda task_status: connect(
+                    address, token=token, name=name, task_status=task_status
+                )
+            )
+            try:
+                yield ref
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # why: a lone error (the body's, or the connection's) is re-raised unwrapped
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

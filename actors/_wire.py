@@ -153,4 +153,8 @@ class BatchDecoder:
 
     def decode(self, data: bytes) -> list[Envelope]:
         """Raise ``msgspec.DecodeError`` (or ``ValidationError``) for anything malformed."""
-        return self._decoder.decode(data)
+        try:
+            return self._decoder.decode(data)
+        except (RecursionError, UnicodeDecodeError) as exc:
+            # msgspec lets these through for deep nesting and strings that are not UTF-8
+            raise msgspec.DecodeError(f"malformed message: {exc!r}") from None

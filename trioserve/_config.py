@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -18,9 +19,15 @@ def _positive_int(name: str) -> Any:
     return check
 
 
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
 def _non_negative(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        if not _number(value) or value < 0:  # type: ignore[operator]
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     return check
@@ -28,7 +35,7 @@ def _non_negative(name: str) -> Any:
 
 def _positive(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not _number(value) or value <= 0:  # type: ignore[operator]
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
     return check
@@ -70,7 +77,7 @@ class AutoscalingConfig:
             )
         for name in ("upscaling_factor", "downscaling_factor"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            if value is not None and (not _number(value) or value <= 0):
                 raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
 
     @classmethod
@@ -170,4 +177,12 @@ def apply_options(config: DeploymentConfig, options: Mapping[str, Any]) -> Deplo
     changes = {k: v for k, v in options.items() if k != "name"}
     if "autoscaling_config" in changes and changes["autoscaling_config"] is not None:
         changes["autoscaling_config"] = AutoscalingConfig.from_value(changes["autoscaling_config"])
+    fixed = changes.get("num_replicas", "auto") != "auto"
+    if fixed and changes.get("autoscaling_config") is not None:
+        raise ValueError(
+            f"num_replicas={changes['num_replicas']!r} and autoscaling_config exclude each "
+            "other: give num_replicas='auto' (or leave it out) to autoscale"
+        )
+    if fixed:
+        changes["autoscaling_config"] = None  # a fixed count replaces autoscaling
     return attrs.evolve(config, **changes)

@@ -113,6 +113,8 @@ class Replica:
 
     def __actor_attach__(self, host: actors.ActorHost) -> None:
         host.observer = self._observe
+        # health checks, reconfiguration and metrics must reach a replica that is busy
+        host.control_methods = frozenset({"check_health", *_INTERNAL} - {"__serve_http__"})
 
     def _observe(self, method: str, seconds: float, ok: bool) -> None:
         if method in _INTERNAL:

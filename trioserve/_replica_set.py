@@ -309,6 +309,7 @@ class ReplicaSet:
                 await self._reconfigure_all(config.user_config)
             if config.autoscaling_config is None:
                 await self.scale_to(config.initial_replicas)
+        self.poke()  # the autoscaler reads the (maybe new) autoscaling_config at once
         self.status = "HEALTHY"
         self.hooks.changed(self)
 
@@ -325,9 +326,10 @@ class ReplicaSet:
         self.deployment, self.config, self.args, self.kwargs = deployment, config, args, kwargs
         self.version += 1
         started: list[str] = []
+        count = self._count_after_update(config, len(old_ids))
         try:
             async with trio.open_nursery() as starting:
-                for _ in range(config.initial_replicas):
+                for _ in range(count):
                     starting.start_soon(self._add_and_record, started)
         except Exception:
             async with trio.open_nursery() as undo:
@@ -337,10 +339,19 @@ class ReplicaSet:
             self.status = "HEALTHY"
             self.hooks.changed(self)
             raise
-        self.target = config.initial_replicas
+        self.target = count
         async with trio.open_nursery() as draining:
             for rid in old_ids:
                 draining.start_soon(self.drain_replica, rid)
+
+    @staticmethod
+    def _count_after_update(config: DeploymentConfig, current: int) -> int:
+        """A fixed deployment gets its new count; an autoscaled one keeps the count it has
+        scaled to (clamped to the new bounds), so a rollout under load loses no capacity."""
+        auto = config.autoscaling_config
+        if auto is None:
+            return config.initial_replicas
+        return max(auto.min_replicas, min(auto.max_replicas, current))
 
     async def _add_and_record(self, started: list[str]) -> None:
         started.append(await self.add_replica())
