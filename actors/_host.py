@@ -357,7 +357,10 @@ class ActorHost:
                     await credit.take()
                     reply.item(item)
             finally:
-                gen.close()
+                # a cancelled next() may still be running on its (abandoned) thread, and a
+                # generator cannot be closed while it runs: then it is left to finish
+                with contextlib.suppress(ValueError):
+                    gen.close()
         else:
             raise TypeError(f"{getattr(fn, '__name__', fn)} is not a generator; call it plainly")
 

@@ -8,6 +8,7 @@ socket is always drained (trio-websocket stalls its pings while its message queu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import msgspec
@@ -175,18 +176,15 @@ class Link:
 
     async def run(self) -> None:
         self._last_seen = self._last_sent = trio.current_time()
-        cancelled = False
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._watch, self._reader, nursery)
                 nursery.start_soon(self._watch, self._writer, nursery)
                 nursery.start_soon(self._watch, self._heartbeat, nursery)
-        except trio.Cancelled:  # why: noted to skip the close handshake below; re-raised
-            cancelled = True
-            raise
         finally:
             self._mark_closed(self.close_reason or "connection closed")
+            cancelled = trio.current_effective_deadline() == -math.inf
             if not cancelled:
                 # A close handshake needs trio-websocket's reader, which our owner's
                 # cancellation would have stopped too: only attempt it when not cancelled

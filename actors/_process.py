@@ -294,31 +294,37 @@ async def open_actor_system(
     must close before this block does. Leaving the block closes the listener.
     """
     token = token or secrets.token_urlsafe(32)
-    async with trio.open_nursery() as nursery:
-        holder: list[ActorSystem] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            holder: list[ActorSystem] = []
 
-        async def on_link(ws: WebSocketConnection) -> None:
-            await holder[0]._on_control_link(ws)
+            async def on_link(ws: WebSocketConnection) -> None:
+                await holder[0]._on_control_link(ws)
 
-        bound_host, port = await nursery.start(
-            lambda task_status: serve_links(
-                on_link, token=token, host=host, port=0, task_status=task_status
+            bound_host, port = await nursery.start(
+                lambda task_status: serve_links(
+                    on_link, token=token, host=host, port=0, task_status=task_status
+                )
             )
-        )
-        if spawn_method is None:
-            spawn_method = "fork" if fork_supported() else "exec"
-        if spawn_method not in ("fork", "exec"):
-            raise ValueError(f"spawn_method must be 'fork' or 'exec', got {spawn_method!r}")
-        system = ActorSystem(
-            token,
-            f"ws://{bound_host}:{port}",
-            host,
-            nursery=nursery,
-            spawn_method=spawn_method,
-            preload=preload,
-        )
-        holder.append(system)
-        try:
-            yield system
-        finally:
-            nursery.cancel_scope.cancel()
+            if spawn_method is None:
+                spawn_method = "fork" if fork_supported() else "exec"
+            if spawn_method not in ("fork", "exec"):
+                raise ValueError(f"spawn_method must be 'fork' or 'exec', got {spawn_method!r}")
+            system = ActorSystem(
+                token,
+                f"ws://{bound_host}:{port}",
+                host,
+                nursery=nursery,
+                spawn_method=spawn_method,
+                preload=preload,
+            )
+            holder.append(system)
+            try:
+                yield system
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # why: a lone error (the body's, or the system's) is re-raised unwrapped
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -20,6 +20,8 @@ apart, as h11 does.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ActorError(Exception):
     """Root of every error the actor runtime raises."""
@@ -32,6 +34,9 @@ class ActorDiedError(ActorError):
         super().__init__(message)
         self.actor = actor
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"actor": self.actor}))
+
 
 class RejectedError(ActorError):
     """The actor refused the call because it was at ``max_ongoing``; it never ran."""
@@ -39,6 +44,9 @@ class RejectedError(ActorError):
     def __init__(self, message: str, *, actor: str | None = None) -> None:
         super().__init__(message)
         self.actor = actor
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"actor": self.actor}))
 
 
 class CallCancelledError(ActorError):
@@ -58,6 +66,9 @@ class RemoteError(ActorError):
         self.message = message
         self.remote_traceback = remote_traceback
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
 
 class MessageTooLargeError(ActorError):
     """A message is larger than the connection's ``max_message_size``."""
@@ -69,6 +80,9 @@ class MessageTooLargeError(ActorError):
         )
         self.size = size
         self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.size, self.limit))
 
 
 class ProtocolError(ActorError):
@@ -91,3 +105,12 @@ class SupervisorGaveUpError(ActorError):
         self.child = child
         self.restarts = restarts
         self.period_s = period_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"child": self.child, "restarts": self.restarts, "period_s": self.period_s}
+        return (_rebuild, (type(self), self.args, fields))
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Unpickle an error whose constructor takes keyword-only fields."""
+    return cls(*args, **kwargs)

@@ -20,9 +20,7 @@ def _positive_int(name: str) -> Any:
 
 
 def _number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _non_negative(name: str) -> Any:

@@ -17,6 +17,8 @@ wrapped. Lower-layer errors (``actors``) are translated to these at one seam, th
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServeError(Exception):
     """Root of every error trioserve raises itself."""
@@ -34,6 +36,9 @@ class BackPressureError(ServeError):
         self.num_queued = num_queued
         self.max_queued = max_queued
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.deployment, self.num_queued, self.max_queued))
+
 
 class ReplicaDiedError(ServeError):
     """The replica that accepted the request died before answering."""
@@ -43,6 +48,10 @@ class ReplicaDiedError(ServeError):
         self.deployment = deployment
         self.replica_id = replica_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"deployment": self.deployment, "replica_id": self.replica_id}
+        return (_rebuild, (type(self), self.args, fields))
+
 
 class DeploymentUnavailableError(ServeError):
     """The deployment does not exist (any more), or cannot be reached from this process."""
@@ -50,6 +59,9 @@ class DeploymentUnavailableError(ServeError):
     def __init__(self, message: str, *, deployment: str | None = None) -> None:
         super().__init__(message)
         self.deployment = deployment
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"deployment": self.deployment}))
 
 
 class DeploymentFailedError(ServeError):
@@ -59,6 +71,9 @@ class DeploymentFailedError(ServeError):
         super().__init__(message)
         self.deployment = deployment
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"deployment": self.deployment}))
+
 
 class RequestCancelledError(ServeError):
     """The request was cancelled by its caller (``.cancel()`` or a cancelled task)."""
@@ -66,3 +81,8 @@ class RequestCancelledError(ServeError):
 
 class RequestTimeoutError(ServeError, TimeoutError):
     """Waiting for a result took longer than the timeout given."""
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Unpickle an error whose constructor takes keyword-only fields."""
+    return cls(*args, **kwargs)

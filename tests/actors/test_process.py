@@ -1,0 +1,237 @@
+"""Process actors: spawning, exit codes, stopping for certain, tokens, orphans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+import trio.testing
+
+import actors
+
+from .actors_fixtures import (
+    BrokenInit,
+    InitError,
+    Stubborn,
+    descendants,
+    process_gone,
+    running_actor,
+    wait_process_gone,
+    worker_spec,
+)
+
+
+async def _run_recording_code(
+    system: actors.ActorSystem,
+    spec: actors.ActorSpec,
+    codes: list[int | None],
+    *,
+    task_status: trio.TaskStatus[actors.Actor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    codes.append(await system.run_actor(spec, task_status=task_status))
+
+
+async def test_run_actor_starts_a_child_process() -> None:
+    """A process actor is a live child process of ours, reachable at a loopback address."""
+    async with running_actor(worker_spec(name="child")) as actor:
+        assert actor.placement == "process"
+        assert actor.name == "child"
+        assert actor.pid is not None
+        assert actor.pid != os.getpid()
+        assert await actor.ref.call("pid") == actor.pid
+        child = psutil.Process(actor.pid)
+        assert actor.pid in {p.pid for p in descendants()}
+        assert actor.address is not None
+        assert actor.address.startswith("ws://127.0.0.1:")
+        assert actor.ref.alive
+    assert process_gone(child)
+
+
+async def test_run_actor_request_stop_drains_in_flight_calls() -> None:
+    """``request_stop()`` lets in-flight calls finish, then the child exits with code 0."""
+    codes: list[int | None] = []
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        actor = await nursery.start(_run_recording_code, system, worker_spec(grace_s=5), codes)
+        child = psutil.Process(actor.pid)
+        fut = actor.ref.submit("slow", ("draining", 0.3))
+        assert await actor.ref.call("wait_started") == ["draining"]
+        actor.request_stop()
+        with trio.fail_after(5):
+            assert await fut == "draining"
+    assert codes == [0]
+    assert process_gone(child)
+    assert not actor.ref.alive
+
+
+async def test_run_actor_child_exit_fails_calls_in_flight() -> None:
+    """When the child exits by itself (``os._exit``), calls in flight fail with
+    ActorDiedError within 5 s, run_actor returns its exit code, and new calls fail at once."""
+    codes: list[int | None] = []
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        actor = await nursery.start(_run_recording_code, system, worker_spec(), codes)
+        waiting = actor.ref.submit("hang", ("in-flight",))
+        assert await actor.ref.call("wait_started") == ["in-flight"]
+        crash = actor.ref.submit("crash", (3,))
+        with trio.fail_after(5):
+            with pytest.raises(actors.ActorDiedError) as info:
+                await waiting
+            with pytest.raises(actors.ActorDiedError):
+                await crash
+        assert info.value.actor == actor.name
+    assert codes == [3]
+    assert not actor.ref.alive
+    with pytest.raises(actors.ActorDiedError):
+        await actor.ref.call("echo", "too late")
+
+
+async def test_run_actor_cancelled_stops_child_that_ignores_stop_and_sigterm() -> None:
+    """Cancelling an actor's task stops its process for certain, escalating past a frozen
+    Trio loop and an ignored SIGTERM to SIGKILL."""
+    spec = actors.ActorSpec(factory=Stubborn, grace_s=0.2)
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        actor = await nursery.start(system.run_actor, spec)
+        child = psutil.Process(actor.pid)
+        frozen = actor.ref.submit_stream("freeze")
+        with trio.fail_after(5):
+            assert await frozen.__anext__() == "frozen"
+        nursery.cancel_scope.cancel()
+    assert process_gone(child)
+
+
+async def test_run_actor_constructor_error_raises_spawn_error() -> None:
+    """A constructor that raises makes run_actor raise SpawnError, caused by the original
+    exception (type and message), and leaves no process behind."""
+    spec = actors.ActorSpec(factory=BrokenInit, args=("no model file",), name="broken")
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        with pytest.raises(actors.SpawnError) as info:
+            await nursery.start(system.run_actor, spec)
+    assert "broken" in str(info.value)
+    assert type(info.value.__cause__) is InitError
+    assert str(info.value.__cause__) == "no model file"
+    assert "no model file" in info.value.__cause__.remote_traceback  # type: ignore[attr-defined]
+
+
+async def test_run_inline_actor_constructor_error_propagates() -> None:
+    """An inline actor whose constructor raises makes run_inline_actor raise that error."""
+    spec = actors.ActorSpec(factory=BrokenInit, args=("inline",), placement="inline")
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(InitError, match="inline"):
+            await nursery.start(actors.run_inline_actor, spec)
+
+
+async def test_run_inline_actor_request_stop_drains_and_refuses_new_calls() -> None:
+    """After ``request_stop()`` an inline actor refuses new calls, finishes in-flight ones,
+    and its task returns."""
+    codes: list[int | None] = []
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        actor = await nursery.start(
+            _run_recording_code, system, worker_spec("inline", grace_s=5), codes
+        )
+        fut = actor.ref.submit("slow", ("inline-draining", 0.2))
+        actor.request_stop()
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(actors.RejectedError, match="stopping"):
+            await actor.ref.call("echo", "late")
+        with trio.fail_after(5):
+            assert await fut == "inline-draining"
+    assert codes == [None]
+    assert not actor.ref.alive
+
+
+async def test_run_actor_token_never_on_command_line() -> None:
+    """The instance token reaches the child through its environment, never its command line
+    (which any local user can read), and the spec's env is applied too."""
+    spec = worker_spec(env={"ACTORS_TEST_SETTING": "on"})
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        actor = await nursery.start(system.run_actor, spec)
+        processes = descendants()  # the child, and any helper process that spawned it
+        assert actor.pid in {p.pid for p in processes}
+        for process in processes:
+            cmdline = await trio.Path(f"/proc/{process.pid}/cmdline").read_bytes()
+            assert cmdline
+            assert system.token.encode() not in cmdline
+        assert await actor.ref.call("token") == system.token
+        assert await actor.ref.call("env", "ACTORS_TEST_SETTING") == "on"
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_actor_system_uses_given_token_and_loopback() -> None:
+    """An actor system uses the token it is given and listens on 127.0.0.1 by default."""
+    async with actors.open_actor_system(token="given-token") as system:
+        assert system.token == "given-token"
+        assert system.control_address.startswith("ws://127.0.0.1:")
+
+
+async def test_open_actor_system_reraises_body_error_unwrapped() -> None:
+    """An error raised inside ``async with open_actor_system()`` comes out as itself."""
+    with pytest.raises(LookupError, match="from the body"):
+        async with actors.open_actor_system():
+            raise LookupError("from the body")
+
+
+DRIVER = """
+import trio
+import actors
+
+
+class Idle:
+    async def ping(self) -> str:
+        return "pong"
+
+
+async def main() -> None:
+    async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
+        first = await nursery.start(system.run_actor, actors.ActorSpec(factory=Idle))
+        second = await nursery.start(system.run_actor, actors.ActorSpec(factory=Idle))
+        print(first.pid, second.pid, flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    trio.run(main)
+"""
+
+
+async def test_run_actor_children_exit_when_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed with SIGKILL (no cleanup at all) leaves no actor process running:
+    each child notices its control link is gone and exits."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = await trio.lowlevel.open_process(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    below: list[psutil.Process] = []
+    try:
+        assert driver.stdout is not None
+        output = b""
+        with trio.fail_after(30):
+            while not output.endswith(b"\n"):
+                chunk = await driver.stdout.receive_some()
+                assert chunk, f"driver exited early with {driver.returncode}"
+                output += chunk
+        pids = [int(pid) for pid in output.split()]
+        below = descendants(driver.pid)  # the actors, and any helper process of the system
+        assert len(pids) == 2
+        assert set(pids) <= {p.pid for p in below}
+
+        driver.kill()  # SIGKILL, by PID
+        with trio.fail_after(5):
+            await driver.wait()
+        for process in below:
+            await wait_process_gone(process, timeout=10)
+    finally:
+        for process in below:
+            if not process_gone(process):
+                process.kill()
+        if driver.returncode is None:
+            driver.kill()
+            with trio.move_on_after(5) as cleanup:
+                cleanup.shield = True  # why: the driver must be reaped even if we fail
+                await driver.wait()
+        if driver.stdout is not None:
+            await driver.stdout.aclose()
