@@ -199,16 +199,20 @@ class ActorSystem:
         # The connection outlives our own cancellation: calls in flight keep it while the
         # child drains; it is closed once the child has exited.
         connection_scope = trio.CancelScope(shield=True)
+        connection_done = trio.Event()
 
         async def run_connection(task_status: trio.TaskStatus[RemoteRef]) -> None:
             with connection_scope:  # why: see above; cancelled explicitly below
-                await connect(
-                    address,
-                    token=self.token,
-                    name=spec.name,
-                    max_message_size=spec.max_message_size,
-                    task_status=task_status,
-                )
+                try:
+                    await connect(
+                        address,
+                        token=self.token,
+                        name=spec.name,
+                        max_message_size=spec.max_message_size,
+                        task_status=task_status,
+                    )
+                finally:
+                    connection_done.set()
 
         async with trio.open_nursery() as nursery:
             ref = await nursery.start(run_connection)
@@ -235,6 +239,11 @@ class ActorSystem:
                 await proc.wait()
             finally:
                 await _stop_process(proc, slot, spec.grace_s)
+                # the child flushed its last replies before exiting: read them (the link
+                # ends by itself at the socket's end) before closing it, bounded
+                with trio.CancelScope(shield=True) as reading:  # why: see above
+                    reading.deadline = trio.current_time() + 1.0
+                    await connection_done.wait()
                 connection_scope.cancel()
                 nursery.cancel_scope.cancel()
         return proc.returncode

@@ -51,8 +51,11 @@ def desired_replicas(config: AutoscalingConfig, *, current: int, load: float) ->
     else:
         target = wanted
     desired = math.ceil(round(target, 6))
-    if wanted < current and desired >= current:
-        desired = current - 1  # a smoothed step smaller than one replica still steps down
+    if wanted < current:
+        if math.ceil(round(wanted, 6)) >= current:
+            desired = current  # the load still needs every replica there is
+        elif desired >= current:
+            desired = current - 1  # a smoothed step smaller than one replica still steps down
     return max(config.min_replicas, min(config.max_replicas, desired))
 
 
