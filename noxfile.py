@@ -32,7 +32,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def examples(session: nox.Session) -> None:
-    session.install("-e", ".")
+    session.install("-e", ".[test]")  # the HTTP examples use httpx and Starlette
     session.run("python", "examples/run_all.py")
 
 
@@ -40,3 +40,11 @@ def examples(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Chaos under load: ``nox -s soak -- 600`` runs 600 s (default 300) of traffic while
+    replica processes are killed; fails on a wrong answer, a hang or a leftover process."""
+    session.install("-e", ".[test]")
+    session.run("python", "tests/soak/soak.py", "--duration", *(session.posargs or ["300"]))
