@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "examples"]
@@ -9,6 +12,21 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _find_pyenv_pythons() -> None:
+    """Put pyenv's interpreters on PATH: its shims only run the versions chosen as global,
+    so ``python3.12`` is "not found" for nox even when pyenv has it installed."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = []
+    for version in PYTHONS:
+        candidates = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin")))
+        found.extend(candidates[-1:])
+    if found:
+        os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
+
+
+_find_pyenv_pythons()
 
 
 @nox.session(python="3.11")

@@ -58,10 +58,10 @@ async def serve_links(
             if key.lower() == TOKEN_HEADER:
                 supplied = value
         if not hmac.compare_digest(supplied, secret):
-            await request.reject(401, body=b"missing or wrong instance token")
+            await _refuse(request, 401, b"missing or wrong instance token")
             return
         if PROTOCOL not in request.proposed_subprotocols:
-            await request.reject(400, body=f"subprotocol {PROTOCOL} required".encode())
+            await _refuse(request, 400, f"subprotocol {PROTOCOL} required".encode())
             return
         ws = await request.accept(subprotocol=PROTOCOL)
         await on_link(ws)
@@ -82,6 +82,17 @@ async def serve_links(
         task_status.started((host, server.port))
         await trio.sleep_forever()
     raise AssertionError("unreachable")
+
+
+async def _refuse(request: WebSocketRequest, status: int, body: bytes) -> None:
+    """Answer the handshake with ``status`` and hang up. trio-websocket leaves a refused
+    connection's socket open until the client closes it; an unauthenticated client must
+    not be able to hold connections, so the stream is closed here (through the request's
+    connection, which trio-websocket does not expose publicly)."""
+    await request.reject(status, body=body)
+    stream = getattr(getattr(request, "_connection", None), "_stream", None)
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
