@@ -30,6 +30,7 @@ class _Request:
     __slots__ = (
         "_args",
         "_assigned",
+        "_deadline",
         "_inner",
         "_kwargs",
         "_method",
@@ -49,6 +50,8 @@ class _Request:
         self._replica_id: str | None = None
         self._submitted_at = 0.0
         self._source = "handle"
+        #: the caller's Trio deadline when it made the request; it travels to the replica
+        self._deadline = trio.current_effective_deadline()
 
     stream = False
 

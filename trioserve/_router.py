@@ -12,6 +12,7 @@ request costs no task of its own.
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Callable
 from functools import partial
@@ -25,6 +26,7 @@ from actors import (
     ActorRef,
     CallCancelledError,
     CallFuture,
+    DeadlineExceededError,
     RejectedError,
     StreamReceiver,
 )
@@ -37,6 +39,7 @@ from .exceptions import (
     DeploymentUnavailableError,
     ReplicaDiedError,
     RequestCancelledError,
+    RequestTimeoutError,
 )
 
 REJECT_BACKOFF_S = 0.002
@@ -207,10 +210,13 @@ class Router:
             if slot is None:
                 return False
             inner: CallFuture | StreamReceiver
+            timeout = None
+            if req._deadline != math.inf:
+                timeout = max(0.0, req._deadline - trio.current_time())
             if req.stream:
-                inner = slot.ref.submit_stream(req._method, req._args, req._kwargs)
+                inner = slot.ref.submit_stream(req._method, req._args, req._kwargs, timeout=timeout)
             else:
-                inner = slot.ref.submit(req._method, req._args, req._kwargs)
+                inner = slot.ref.submit(req._method, req._args, req._kwargs, timeout=timeout)
             if inner.done() and isinstance(inner.exception(), ActorDiedError):
                 # never left this process: drop the replica and try another
                 self._slots = [s for s in self._slots if s is not slot]
@@ -248,6 +254,8 @@ class Router:
             )
         elif isinstance(error, CallCancelledError):
             self._fail_or_end(req, RequestCancelledError(str(error)))
+        elif isinstance(error, DeadlineExceededError):
+            self._fail_or_end(req, RequestTimeoutError(f"{self.name}: {error}"))
         else:
             if isinstance(req, DeploymentResponse):
                 req._finish(inner)
