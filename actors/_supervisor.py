@@ -21,7 +21,7 @@ from ._restart import (
     should_restart,
 )
 from ._spec import Actor, ActorSpec
-from .exceptions import SupervisorGaveUpError
+from .exceptions import SpawnError, SupervisorGaveUpError
 
 
 def _check_restart(_inst: object, _attr: object, value: str) -> None:
@@ -113,11 +113,23 @@ class Supervisor:
     async def _start(self, child: _Child) -> Actor:
         child.generation += 1
         child.done = trio.Event()
-        actor: Actor = await self._nursery.start(self._run_child, child, child.generation)
+        # the scope exists before the task does, so a stop that comes while the child is
+        # starting cancels this start and not a finished one
+        scope = child.scope = trio.CancelScope()
+        actor: Actor | None = await self._nursery.start(
+            self._run_child, child, child.generation, scope
+        )
+        if actor is None:
+            raise SpawnError(f"child {child.spec.id!r} was stopped while starting")
         return actor
 
     async def _run_child(
-        self, child: _Child, generation: int, *, task_status: trio.TaskStatus[Actor]
+        self,
+        child: _Child,
+        generation: int,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[Actor | None],
     ) -> None:
         normal, reason = False, "cancelled"
         started = False
@@ -133,8 +145,7 @@ class Supervisor:
 
         status = _StartedHook(on_started)
         try:
-            with trio.CancelScope() as scope:
-                child.scope = scope
+            with scope:
                 code = await self.system.run_actor(child.spec.actor, task_status=status)
                 normal, reason = code in (0, None), f"exited with code {code}"
         except Exception as exc:
@@ -147,6 +158,9 @@ class Supervisor:
             child.done.set()
             if was is not None and self._on_change is not None:
                 self._on_change(child.spec.id, None)
+        if not started:
+            task_status.started(None)  # stopped while starting: _start raises for it
+            return
         if not scope.cancelled_caught:
             self._exits_send.send_nowait((child.spec.id, generation, normal, reason))
 
@@ -157,12 +171,15 @@ class Supervisor:
             await self._stop(child)
 
     async def stop_child_gracefully(self, child_id: str) -> None:
-        """Ask a child to drain and exit, and forget it (it is not restarted)."""
+        """Ask a child to drain and exit, and forget it (it is not restarted). A child that
+        is (re)starting has nothing to drain: its start is cancelled."""
         child = self._children.pop(child_id, None)
         if child is None:
             return
         if child.actor is not None:
             child.actor.request_stop()
+        elif child.scope is not None:
+            child.scope.cancel()
         await child.done.wait()
 
     @staticmethod

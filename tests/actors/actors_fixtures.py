@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import psutil
@@ -205,6 +206,26 @@ class Stubborn:
         await emit("frozen")
         await self._host.flush()
         time.sleep(30)  # noqa: ASYNC251 -- deliberately blocks the loop: only SIGKILL ends it
+
+
+class SlowRestart:
+    """An actor whose constructor, from its second run on, says so (a ``restarting`` file)
+    and then waits until released (a ``release`` file): a restart that stays in progress
+    while a test acts. Its PID is written to ``pid-<n>`` for every build."""
+
+    def __init__(self, folder: str) -> None:
+        base = Path(folder)
+        runs = len(list(base.glob("pid-*")))
+        (base / f"pid-{runs}").write_text(str(os.getpid()))
+        if runs:
+            (base / "restarting").touch()
+            deadline = time.monotonic() + 30
+            while not (base / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)  # a file cannot be awaited; bounded by the deadline
+
+    async def ping(self) -> str:
+        await trio.lowlevel.checkpoint()
+        return "pong"
 
 
 def worker_spec(placement: Placement = "process", **options: Any) -> actors.ActorSpec:

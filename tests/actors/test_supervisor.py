@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Literal
 
 import psutil
@@ -13,10 +16,20 @@ import trio.testing
 
 import actors
 
-from .actors_fixtures import BrokenInit, ChangeLog, Placement, process_gone, worker_spec
+from .actors_fixtures import (
+    BrokenInit,
+    ChangeLog,
+    Placement,
+    SlowRestart,
+    process_gone,
+    wait_process_gone,
+    worker_spec,
+)
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
+#: SIGTERM then SIGKILL: how long stopping a starting child may take at the most
+TERM_BOUND_S = 4.0
 
 
 def _child(
@@ -228,6 +241,31 @@ async def test_supervisor_terminate_and_stop_child_are_not_restarted() -> None:
         assert sup.restarts == 0
         assert not killed.ref.alive
         assert not drained.ref.alive
+
+
+async def test_supervisor_stops_a_child_caught_mid_restart_promptly(tmp_path: Path) -> None:
+    """Stopping a child while the supervisor restarts it (as serve's shutdown does right
+    after a replica was killed) returns promptly and leaves neither process behind."""
+    spec = actors.ActorSpec(factory=SlowRestart, args=(str(tmp_path),), name="slow", grace_s=0.5)
+    restarting = trio.Path(tmp_path / "restarting")
+    log = ChangeLog()
+    async with actors.open_actor_system() as system, _supervisor(system, log) as sup:
+        actor = await sup.start_child(actors.ChildSpec(id="slow", actor=spec))
+        assert actor.pid is not None
+        first = psutil.Process(actor.pid)
+        os.kill(actor.pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            while not await restarting.exists():  # noqa: ASYNC110 -- a file cannot be awaited
+                await trio.sleep(0.01)  # polling a real process's progress, bounded
+        second = psutil.Process(int((tmp_path / "pid-1").read_text()))
+        try:
+            with trio.fail_after(2 * TERM_BOUND_S):
+                await sup.stop_child_gracefully("slow")
+        finally:
+            (tmp_path / "release").touch()
+        assert sup.children == {}
+    await wait_process_gone(first)
+    await wait_process_gone(second)
 
 
 async def test_supervisor_failed_start_raises_and_is_not_supervised() -> None:
