@@ -73,6 +73,8 @@ class ReplicaSet:
     window: LoadWindow | None = None
     wake: trio.Event = attrs.field(factory=trio.Event)
     rng: random.Random = attrs.field(factory=random.Random)
+    #: held by a redeploy and by an autoscaling step: one change of replica count at a time
+    changing: trio.Lock = attrs.field(factory=trio.Lock)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -238,17 +240,23 @@ class ReplicaSet:
                 self.window = LoadWindow(auto.look_back_period_s)
             now = trio.current_time()
             self.window.add(now, self.hooks.load(self))
+            if self.changing.locked():
+                # a redeploy is starting and draining replicas: the live count says nothing
+                # about capacity until it is done, so no delay runs against it
+                self.scaling = ScalingState()
+                continue
             current = len(self.live_ids())
             wanted = decide_replicas(
                 auto, self.scaling, current=current, load=self.window.average(), now=now
             )
             if wanted != current:
-                try:
-                    await self.scale_to(wanted)
-                except Exception as exc:
-                    self.status = "UNHEALTHY"
-                    self.message = f"could not scale to {wanted}: {first_error(exc)!r}"
-                    self.hooks.changed(self)
+                async with self.changing:
+                    try:
+                        await self.scale_to(wanted)
+                    except Exception as exc:
+                        self.status = "UNHEALTHY"
+                        self.message = f"could not scale to {wanted}: {first_error(exc)!r}"
+                        self.hooks.changed(self)
 
     # -- health
 
@@ -296,19 +304,22 @@ class ReplicaSet:
         self, deployment: Deployment, config: DeploymentConfig, args: Any, kwargs: Any
     ) -> None:
         """Apply a redeploy: reconfigure in place, rescale, or roll to new replicas (new ones
-        start and take requests before old ones drain; a failed start keeps the old ones)."""
-        self.status = "UPDATING"
-        self.hooks.changed(self)
-        if self.needs_new_replicas(deployment, config, args, kwargs):
-            await self._roll(deployment, config, args, kwargs)
-        else:
-            old_user_config = self.config.user_config
-            self.config = config
-            self.deployment = deployment
-            if config.user_config != old_user_config:
-                await self._reconfigure_all(config.user_config)
-            if config.autoscaling_config is None:
-                await self.scale_to(config.initial_replicas)
+        start and take requests before old ones drain; a failed start keeps the old ones).
+        The autoscaler waits while it runs."""
+        async with self.changing:
+            self.status = "UPDATING"
+            self.hooks.changed(self)
+            if self.needs_new_replicas(deployment, config, args, kwargs):
+                await self._roll(deployment, config, args, kwargs)
+            else:
+                old_user_config = self.config.user_config
+                self.config = config
+                self.deployment = deployment
+                if config.user_config != old_user_config:
+                    await self._reconfigure_all(config.user_config)
+                if config.autoscaling_config is None:
+                    await self.scale_to(config.initial_replicas)
+            self.scaling = ScalingState()
         self.poke()  # the autoscaler reads the (maybe new) autoscaling_config at once
         self.status = "HEALTHY"
         self.hooks.changed(self)
