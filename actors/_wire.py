@@ -142,7 +142,18 @@ def frame(encoded: list[bytes]) -> bytes:
         header = b"\xdc" + n.to_bytes(2, "big")
     else:
         header = b"\xdd" + n.to_bytes(4, "big")
-    return header + b"".join(encoded)
+    return b"".join([header, *encoded])  # one copy of the payloads, not two
+
+
+def batch_cut(queued: list[bytes], limit: int) -> tuple[int, int]:
+    """How many encoded envelopes from the front of ``queued`` share the next websocket
+    message, and their size: as many as fit in ``limit`` bytes, and always at least one."""
+    size = 0
+    for cut, data in enumerate(queued):
+        if size + len(data) > limit and cut > 0:
+            return cut, size
+        size += len(data)
+    return len(queued), size
 
 
 class BatchDecoder:

@@ -35,6 +35,23 @@ def test_wire_frame_round_trips_through_batch_decoder(n: int) -> None:
     assert len(msgspec.msgpack.decode(message)) == n  # a real msgpack array of n items
 
 
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([10, 10, 10], 64, (3, 30)),  # small envelopes share one message
+        ([40, 30, 10], 64, (1, 40)),  # the next one would not fit
+        ([100, 10], 64, (1, 100)),  # one larger than the limit still travels, alone
+        ([30, 34, 1], 64, (2, 64)),  # exactly at the limit
+        ([], 64, (0, 0)),
+    ],
+)
+def test_wire_batch_cut_fills_messages_up_to_the_limit(
+    sizes: list[int], limit: int, expected: tuple[int, int]
+) -> None:
+    """The writer puts as many queued envelopes in a message as fit, and never none."""
+    assert _wire.batch_cut([b"x" * n for n in sizes], limit) == expected
+
+
 def test_wire_control_envelopes_round_trip() -> None:
     """The parent/child control messages survive framing too."""
     error = _wire.Raw(_codec.encode_error(ValueError("no")))
