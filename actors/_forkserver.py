@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
+from .exceptions import SpawnError
+
 ENV_FDS = "ACTORS_ZYGOTE_FDS"
 ENV_PRELOAD = "ACTORS_PRELOAD"
 REPORT_WAIT_S = 1.0
@@ -91,6 +93,8 @@ class ForkServer:
         self._early: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
         self.pid: int | None = None
+        #: why the zygote can take no more requests ("" while it can)
+        self.gone = ""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         req_r, req_w = os.pipe()
@@ -98,7 +102,7 @@ class ForkServer:
         env = {**self._env, ENV_FDS: f"{req_r},{resp_w}", ENV_PRELOAD: ",".join(self._preload)}
         try:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "actors._zygote"],
+                [sys.executable, "-P", "-m", "actors._zygote"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(req_r, resp_w),
@@ -115,7 +119,9 @@ class ForkServer:
                 self._writer = writer
                 task_status.started()
                 await self._read(reader)
+                self._lost("the fork server exited")
         finally:
+            self._lost("the fork server stopped")
             self._writer = None
             with trio.CancelScope(shield=True) as cleanup:  # why: the zygote must end
                 cleanup.deadline = trio.current_time() + 2
@@ -136,6 +142,14 @@ class ForkServer:
                 line, buffer = buffer.split(b"\n", 1)
                 self._on_line(line.decode())
 
+    def _lost(self, reason: str) -> None:
+        """No more children can be had: fail every spawn waiting for one."""
+        if not self.gone:
+            self.gone = reason
+        waiting, self._waiting = self._waiting, {}
+        for got, _pid in waiting.values():
+            got.set()
+
     def _on_line(self, line: str) -> None:
         kind, key, value = line.split(" ")
         if kind == "pid":
@@ -151,16 +165,23 @@ class ForkServer:
                 self._early[int(key)] = int(value)
 
     async def fork(self, child_id: str, env: Mapping[str, str]) -> ForkedProcess:
-        """Ask the zygote for a child running ``actors._child`` with ``env`` added."""
-        if self._writer is None or self._nursery is None:
-            raise RuntimeError("the fork server is not running")
+        """Ask the zygote for a child running ``actors._child`` with ``env`` added; raises
+        :class:`SpawnError` if the zygote is gone (or goes while asked)."""
+        if self.gone or self._writer is None or self._nursery is None:
+            raise SpawnError(self.gone or "the fork server is not running")
         got = trio.Event()
         pid_box: list[int] = []
         self._waiting[child_id] = (got, pid_box)
         line = json.dumps({"id": child_id, "env": dict(env)}).encode() + b"\n"
-        async with self._lock:
-            await self._writer.send_all(line)
+        try:
+            async with self._lock:
+                await self._writer.send_all(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._waiting.pop(child_id, None)
+            raise SpawnError(self.gone or "the fork server exited") from None
         await got.wait()
+        if not pid_box:
+            raise SpawnError(f"{self.gone} before forking the child (its stderr says why)")
         child = ForkedProcess(pid_box[0])
         early = self._early.pop(child.pid, None)
         if early is not None:

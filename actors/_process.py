@@ -89,7 +89,7 @@ class ActorSystem:
         child_env = {**extra_env, ENV_CHILD_ID: child_id}
         if self.spawn_method == "fork" and self._nursery is not None:
             async with self._forkserver_lock:
-                if self._forkserver is None:
+                if self._forkserver is None or self._forkserver.gone:
                     server = ForkServer(
                         {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address},
                         self._preload,
@@ -100,7 +100,7 @@ class ActorSystem:
         env = {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address}
         env.update(child_env)
         return await trio.lowlevel.open_process(
-            [sys.executable, "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
+            [sys.executable, "-P", "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
         )
 
     # -- the control listener's side

@@ -9,23 +9,33 @@ a thread, so forking it is safe.
 Protocol, over two pipes (file descriptors given in ``ACTORS_ZYGOTE_FDS``): the parent
 writes one JSON line per spawn, ``{"id": ..., "env": {...}}``; the zygote answers
 ``pid <id> <pid>`` and, when a child exits, ``exit <pid> <code>``. When the request pipe
-closes (the parent is gone), the zygote exits; its children notice their parent's
-departure on their own control links.
+closes (the parent is gone), the zygote waits for its children to notice their parent's
+departure on their own control links and exit, kills any still running after
+``ORPHAN_GRACE_S``, and exits: no child outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import signal
 import sys
+import time
 
 from actors._forkserver import ENV_FDS, ENV_PRELOAD
 
+#: once the parent is gone, how long children get to exit by themselves before SIGKILL
+ORPHAN_GRACE_S = 10.0
+#: the children forked and not yet reaped
+_children: set[int] = set()
+
 
 def _report(fd: int, line: str) -> None:
-    os.write(fd, line.encode() + b"\n")  # one small write: atomic on a pipe
+    # one small write: atomic on a pipe; once the parent is gone nobody reads reports
+    with contextlib.suppress(OSError):
+        os.write(fd, line.encode() + b"\n")
 
 
 def _reap(fd: int) -> None:
@@ -36,7 +46,25 @@ def _reap(fd: int) -> None:
             return
         if pid == 0:
             return
+        _children.discard(pid)
         _report(fd, f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def _outlive_children(fd: int) -> None:
+    """The parent is gone: wait (bounded) for every child to exit, then kill the rest."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    _reap(fd)
+    while _children and time.monotonic() < deadline:
+        time.sleep(0.02)  # no Trio here (the zygote forks): poll, bounded by the deadline
+        _reap(fd)
+    for pid in list(_children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        _children.discard(pid)
 
 
 def _child(request: dict[str, object], fds: tuple[int, int]) -> None:
@@ -75,11 +103,16 @@ def main() -> None:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             request = json.loads(line)
+            # a child that exits at once is reaped only after it is counted
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
             pid = os.fork()
             if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 _child(request, (req_fd, resp_fd))
+            _children.add(pid)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _report(resp_fd, f"pid {request['id']} {pid}")
-    _reap(resp_fd)
+    _outlive_children(resp_fd)
     os._exit(0)
 
 

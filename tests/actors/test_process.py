@@ -52,6 +52,54 @@ async def test_run_actor_starts_a_child_process() -> None:
     assert process_gone(child)
 
 
+@pytest.mark.parametrize("spawn_method", ["fork", "exec"])
+async def test_run_actor_ignores_a_package_of_the_same_name_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawn_method: str
+) -> None:
+    """A project with a folder of its own named ``actors`` in the current directory still
+    gets working children: the runtime's package is not shadowed there."""
+    decoy = tmp_path / "actors"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    async with (
+        actors.open_actor_system(spawn_method=spawn_method) as system,
+        trio.open_nursery() as nursery,
+    ):
+        actor = await nursery.start(system.run_actor, worker_spec())
+        assert await actor.ref.call("echo", "hi") == "hi"
+        nursery.cancel_scope.cancel()
+
+
+def _fork_servers() -> list[psutil.Process]:
+    """This process's fork servers (its forked children share their command line)."""
+    return [
+        p
+        for p in psutil.Process().children()
+        if not process_gone(p) and "actors._zygote" in p.cmdline()
+    ]
+
+
+async def test_run_actor_after_the_fork_server_died_starts_a_new_one() -> None:
+    """If the fork server dies (killed, out of memory), actors it forked keep working and
+    the next actor comes from a fresh fork server."""
+    async with (
+        actors.open_actor_system(spawn_method="fork") as system,
+        trio.open_nursery() as nursery,
+    ):
+        first = await nursery.start(system.run_actor, worker_spec())
+        (zygote,) = _fork_servers()
+        zygote.kill()
+        await wait_process_gone(zygote)
+        with trio.fail_after(10):
+            second = await nursery.start(system.run_actor, worker_spec())
+        assert second.pid not in (None, first.pid)
+        assert [await a.ref.call("echo", i) for i, a in enumerate((first, second))] == [0, 1]
+        (new_zygote,) = _fork_servers()
+        assert new_zygote.pid != zygote.pid
+        nursery.cancel_scope.cancel()
+
+
 async def test_run_actor_request_stop_drains_in_flight_calls() -> None:
     """``request_stop()`` lets in-flight calls finish, then the child exits with code 0."""
     codes: list[int | None] = []
