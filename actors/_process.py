@@ -303,6 +303,7 @@ async def open_actor_system(
     must close before this block does. Leaving the block closes the listener.
     """
     token = token or secrets.token_urlsafe(32)
+    lone: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             holder: list[ActorSystem] = []
@@ -334,6 +335,8 @@ async def open_actor_system(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # why: a lone error (the body's, or the system's) is re-raised unwrapped
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        if len(group.exceptions) != 1:
+            raise
+        lone = group.exceptions[0]
+    if lone is not None:
+        raise lone  # outside the handler: its own cause and context stay

@@ -255,6 +255,7 @@ async def open_supervisor(
     is raised out of the block (unwrapped: it is the only error the block can end with
     besides the body's own).
     """
+    lone: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             sup = Supervisor(
@@ -274,6 +275,8 @@ async def open_supervisor(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # why: a lone error (ours or the body's) is re-raised unwrapped for the owner
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        if len(group.exceptions) != 1:
+            raise
+        lone = group.exceptions[0]
+    if lone is not None:
+        raise lone  # outside the handler: its own cause and context stay

@@ -151,6 +151,7 @@ async def open_connection(
     Errors from the block (or from connecting) are raised unwrapped, as they are the only
     error the block can end with.
     """
+    lone: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             ref: RemoteRef = await nursery.start(
@@ -164,6 +165,8 @@ async def open_connection(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # why: a lone error (the body's, or the connection's) is re-raised unwrapped
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        if len(group.exceptions) != 1:
+            raise
+        lone = group.exceptions[0]
+    if lone is not None:
+        raise lone  # outside the handler: its own cause and context stay

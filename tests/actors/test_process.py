@@ -216,10 +216,13 @@ async def test_open_actor_system_uses_given_token_and_loopback() -> None:
 
 
 async def test_open_actor_system_reraises_body_error_unwrapped() -> None:
-    """An error raised inside ``async with open_actor_system()`` comes out as itself."""
-    with pytest.raises(LookupError, match="from the body"):
+    """An error raised inside ``async with open_actor_system()`` comes out as itself, with
+    the cause it was raised from."""
+    cause = KeyError("the cause")
+    with pytest.raises(LookupError, match="from the body") as info:
         async with actors.open_actor_system():
-            raise LookupError("from the body")
+            raise LookupError("from the body") from cause
+    assert info.value.__cause__ is cause
 
 
 DRIVER = """
