@@ -2,7 +2,8 @@
 
 Keep-alive and pipelining-safe (one request at a time per connection, in order), limits on
 header and body size, idle and request timeouts, and a client that disconnects cancels its
-request's handler. Malformed HTTP gets a 400 and closes only that connection.
+request's handler. Malformed HTTP gets a 400 and closes only that connection. Draining stops
+accepting connections, closes idle ones, and lets requests in flight finish.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn
 
 import attrs
 import h11
@@ -57,11 +57,14 @@ def plain(status: int, text: str, extra: list[tuple[str, str]] | None = None) ->
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream, handler: Handler, limits: HTTPLimits) -> None:
+    def __init__(self, stream: trio.SocketStream, server: HTTPServer) -> None:
         self.stream = stream
-        self.handler = handler
-        self.limits = limits
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.server = server
+        self.handler = server.handler
+        self.limits = server.limits
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
         self.eof = False
 
     async def _fill(self) -> None:
@@ -87,9 +90,11 @@ class _Connection:
 
     async def serve(self) -> None:
         timeout = self.limits.header_timeout_s
-        while True:
+        idle = self.server.idle
+        while not self.server.draining:
             event: object = None
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(timeout) as waiting:
+                idle.add(waiting)  # until a request comes, draining may close the connection
                 try:
                     event = await self.next_event()
                 except h11.RemoteProtocolError as exc:
@@ -97,6 +102,8 @@ class _Connection:
                     return
                 except _ClientGone:
                     return
+                finally:
+                    idle.discard(waiting)
             if not isinstance(event, h11.Request):
                 return  # closed, or idle / header timeout: close quietly
             if _head_size(event) > self.limits.max_header_bytes:
@@ -198,6 +205,8 @@ class _Connection:
 
     async def _send_reply(self, reply: HTTPReply) -> None:
         headers = list(reply.headers)
+        if self.server.draining:
+            headers.append(("connection", "close"))  # the last answer on this connection
         if isinstance(reply.body, bytes):
             headers.append(("content-length", str(len(reply.body))))
             await self.send(h11.Response(status_code=reply.status, headers=headers))
@@ -218,26 +227,56 @@ class _Connection:
         await self.send(h11.EndOfMessage())
 
 
-async def serve_http(
-    handler: Handler,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    limits: HTTPLimits | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Serve HTTP on ``host:port``; ``task_status.started(port)`` once listening.
+class HTTPServer:
+    """Serves HTTP with ``handler`` until drained or cancelled.
 
-    Tasks: one per connection, in this task's nursery. Cancelling closes every connection
-    (requests in flight are cancelled).
+    Tasks (inside :meth:`serve`): the listeners and one task per connection, in its own
+    nursery. :meth:`drain` stops accepting, closes idle connections and waits (bounded) for
+    the requests in flight, whose answers close their connections; cancelling :meth:`serve`
+    closes every connection (requests in flight are cancelled).
     """
-    limits = limits or HTTPLimits()
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
 
-    async def on_connection(stream: trio.SocketStream) -> None:
+    def __init__(self, handler: Handler, limits: HTTPLimits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or HTTPLimits()
+        self.draining = False
+        #: the cancel scopes of connections waiting for their next request
+        self.idle: set[trio.CancelScope] = set()
+        self._connections = 0
+        self._closed = trio.lowlevel.ParkingLot()
+        self._listening = trio.CancelScope()
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` (``task_status.started(port)``); returns once drained and
+        every connection is closed."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound: int = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(bound)
+            with self._listening:
+                await trio.serve_listeners(self._on_connection, listeners, handler_nursery=nursery)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking connections and requests; wait up to ``timeout_s`` for the requests
+        in flight to be answered."""
+        self.draining = True
+        self._listening.cancel()
+        for waiting in list(self.idle):
+            waiting.cancel()
+        with trio.move_on_after(timeout_s):
+            while self._connections:
+                await self._closed.park()
+
+    async def _on_connection(self, stream: trio.SocketStream) -> None:
+        self._connections += 1
         try:
-            await _Connection(stream, handler, limits).serve()
+            await _Connection(stream, self).serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # why: one connection's failure must not stop the server
@@ -246,8 +285,18 @@ async def serve_http(
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True  # why: close the socket even when cancelled
                 await stream.aclose()
+            self._connections -= 1
+            self._closed.unpark_all()
 
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(on_connection, listeners, handler_nursery=nursery)
-    raise AssertionError("unreachable")
+
+async def serve_http(
+    handler: Handler,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: HTTPLimits | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HTTP on ``host:port`` until cancelled; ``task_status.started(port)`` once
+    listening (an :class:`HTTPServer` nobody drains)."""
+    await HTTPServer(handler, limits).serve(host=host, port=port, task_status=task_status)

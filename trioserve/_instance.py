@@ -13,12 +13,14 @@ from . import _context
 from ._controller import Controller
 from ._deployment import Application
 from ._handle import DeploymentHandle
-from ._http_server import HTTPLimits, serve_http
+from ._http_server import HTTPLimits, HTTPServer
 from ._proxy import HTTPProxy
 from ._router import Router
 from ._status import ServeStatus
 
 SHUTDOWN_TIMEOUT_S = 30.0
+#: on shutdown, how long HTTP requests in flight get to be answered
+HTTP_DRAIN_TIMEOUT_S = 10.0
 
 
 class ServeInstance:
@@ -97,45 +99,55 @@ async def open_serve(
 
     Tasks: the controller, its listener, the HTTP proxy and its connections, every
     deployment's supervisor and replicas, and the routers' timers, in this block's nursery.
-    Leaving the block stops the proxy, drains every application and stops every replica
-    process (no process outlives the block).
+    Leaving the block drains the proxy (no new connections; requests in flight are answered,
+    for up to ``HTTP_DRAIN_TIMEOUT_S``), drains every application and stops every replica
+    process (no process outlives the block). An error raised in the block comes out of it
+    unwrapped (it is the only one the block can end with).
     """
-    async with (
-        actors.open_actor_system(preload=("trioserve._replica",)) as system,
-        trio.open_nursery() as nursery,
-    ):
-        controller = Controller(system, nursery)
-        await nursery.start(controller.serve_api)
-        instance = ServeInstance(controller, http_host, http_port)
-        http_scope = trio.CancelScope()
-        if http_port is not None:
-            proxy = HTTPProxy(
-                instance,
-                controller,
-                request_timeout_s=request_timeout_s,
-                show_tracebacks=show_tracebacks,
-            )
-            instance.proxy = proxy
+    lone: BaseException | None = None
+    try:
+        async with (
+            actors.open_actor_system(preload=("trioserve._replica",)) as system,
+            trio.open_nursery() as nursery,
+        ):
+            controller = Controller(system, nursery)
+            await nursery.start(controller.serve_api)
+            instance = ServeInstance(controller, http_host, http_port)
+            http_scope = trio.CancelScope()
+            server: HTTPServer | None = None
+            if http_port is not None:
+                proxy = HTTPProxy(
+                    instance,
+                    controller,
+                    request_timeout_s=request_timeout_s,
+                    show_tracebacks=show_tracebacks,
+                )
+                instance.proxy = proxy
+                server = HTTPServer(proxy.handle, http_limits)
 
-            async def run_http(task_status: trio.TaskStatus[int]) -> None:
-                with http_scope:
-                    await serve_http(
-                        proxy.handle,
-                        host=http_host,
-                        port=http_port,
-                        limits=http_limits,
-                        task_status=task_status,
-                    )
+                async def run_http(task_status: trio.TaskStatus[int]) -> None:
+                    assert server is not None
+                    with http_scope:
+                        await server.serve(host=http_host, port=http_port, task_status=task_status)
 
-            instance.http_port = await nursery.start(run_http)
-        previous = _context.current_or_none()
-        _context.set_current(instance)
-        try:
-            yield instance
-        finally:
-            _context.set_current(previous)
-            http_scope.cancel()
-            with trio.CancelScope(shield=True) as cleanup:  # why: drain and reap, bounded
-                cleanup.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
-                await controller.shutdown()
-            nursery.cancel_scope.cancel()
+                instance.http_port = await nursery.start(run_http)
+            previous = _context.current_or_none()
+            _context.set_current(instance)
+            try:
+                yield instance
+            finally:
+                _context.set_current(previous)
+                with trio.CancelScope(shield=True) as cleanup:  # why: drain and reap, bounded
+                    cleanup.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+                    if server is not None:
+                        await server.drain(HTTP_DRAIN_TIMEOUT_S)
+                    http_scope.cancel()
+                    await controller.shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # why: a lone error (the body's, or the instance's) is re-raised unwrapped
+        if len(group.exceptions) != 1:
+            raise
+        lone = group.exceptions[0]
+    if lone is not None:
+        raise lone  # outside the handler: its own cause and context stay

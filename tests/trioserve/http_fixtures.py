@@ -136,6 +136,26 @@ class Latch:
         self.opened.set()
 
 
+@serve.deployment
+class Held:
+    """An HTTP ingress whose requests wait until ``release`` is called."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.released = trio.Event()
+
+    async def __call__(self, request: serve.Request) -> str:
+        self.entered.set()
+        await self.released.wait()
+        return f"answered {request.path}"
+
+    async def wait_entered(self) -> None:
+        await self.entered.wait()
+
+    async def release(self) -> None:
+        self.released.set()
+
+
 @serve.deployment(max_ongoing_requests=1, max_queued_requests=1)
 class Gated:
     """One request at a time, one more queued. ``.../busy`` streams ``busy``, then holds its

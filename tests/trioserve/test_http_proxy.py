@@ -334,3 +334,34 @@ async def test_proxy_body_over_limit_is_413() -> None:
     assert too_big.status_code == 413
     assert fits.status_code == 200
     assert 'method="__http__"} 1' in page.text
+
+
+async def test_proxy_shutdown_answers_http_requests_in_flight() -> None:
+    """Leaving the serve block while an HTTP request runs stops new connections at once, but
+    that request still gets its answer before the replicas stop."""
+    answers: list[httpx.Response] = []
+    async with trio.open_nursery() as clients, serve.open_serve(http_port=0) as instance:
+        held = await instance.run(fx.Held.bind(), name="held")
+        assert instance.http_url is not None
+        assert instance.http_port is not None
+        port = instance.http_port
+
+        async def client() -> None:
+            async with httpx.AsyncClient(base_url=instance.http_url or "") as http:
+                with trio.fail_after(TIMEOUT_S):
+                    answers.append(await http.get("/in-flight"))
+
+        async def release_when_draining() -> None:
+            # runs once the block's exit has started draining (nothing yields before)
+            with pytest.raises(OSError, match="all attempts to connect"):
+                await trio.open_tcp_stream("127.0.0.1", port)
+            assert answers == []
+            await held.release.remote()
+
+        clients.start_soon(client)
+        with trio.fail_after(TIMEOUT_S):
+            await held.wait_entered.remote()
+        clients.start_soon(release_when_draining)
+    (answer,) = answers
+    assert (answer.status_code, answer.text) == (200, "answered /in-flight")
+    assert answer.headers["connection"] == "close"

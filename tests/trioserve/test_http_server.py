@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 
 import h11
 import httpx
+import pytest
 import trio
+import trio.testing
 
 from trioserve._http import Request
-from trioserve._http_server import Handler, HTTPLimits, HTTPReply, plain, serve_http
+from trioserve._http_server import Handler, HTTPLimits, HTTPReply, HTTPServer, plain, serve_http
 
 TIMEOUT_S = 5.0
 
@@ -346,3 +348,65 @@ async def test_serve_http_slow_handler_outlives_header_timeout() -> None:
         await stream.aclose()
     assert status_of(raw) == 200
     assert raw.endswith(b"worth the wait")
+
+
+async def test_http_server_drain_answers_requests_in_flight_and_closes_the_rest() -> None:
+    """Draining refuses new connections and closes idle keep-alive ones at once, while a
+    request in flight still gets its whole answer (saying ``connection: close``); the
+    drain ends when that answer has gone."""
+    started = trio.Event()
+    release = trio.Event()
+
+    async def slow(request: Request) -> HTTPReply:
+        started.set()
+        await release.wait()
+        return plain(200, f"finished {request.path}")
+
+    server = HTTPServer(slow)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(server.serve, host="127.0.0.1", port=0))
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        await busy.send_all(raw_request("/busy"))
+        await started.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the idle connection waits for a request
+
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await server.drain(TIMEOUT_S)
+            drained.set()
+
+        nursery.start_soon(drain)
+        assert await read_to_eof(idle) == b""  # closed without an answer
+        with pytest.raises(OSError, match="all attempts to connect"):
+            await trio.open_tcp_stream("127.0.0.1", port)
+        assert not drained.is_set()
+        release.set()
+        status, headers, body = await RawClient(busy).read_response()
+        assert (status, body, headers["connection"]) == (200, b"finished /busy", "close")
+        assert await read_to_eof(busy) == b""
+        with trio.fail_after(TIMEOUT_S):
+            await drained.wait()
+        await idle.aclose()
+        await busy.aclose()
+    # serve() returned by itself once drained: the nursery closed without a cancel
+
+
+async def test_http_server_drain_gives_up_after_its_timeout() -> None:
+    """A request that outlasts the drain timeout does not hold the drain up."""
+
+    async def forever(_request: Request) -> HTTPReply:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    server = HTTPServer(forever)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(server.serve, host="127.0.0.1", port=0))
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(raw_request("/forever"))
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(TIMEOUT_S):
+            await server.drain(0.2)
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
