@@ -160,6 +160,10 @@ class Router:
             else:
                 self._enqueue(req)
             return
+        if self._queue_full():  # waiting for its arguments is waiting too
+            self._count_error(req)
+            req._fail(BackPressureError(self.name, self._waiting(), self.max_queued))
+            return
         self.resolving += 1
         remaining = [len(upstream)]
 
@@ -174,26 +178,33 @@ class Router:
             if error is not None:
                 req._fail(error)
             else:
-                self._enqueue(req)
+                self._enqueue(req, admitted=True)
 
         for resp in upstream:
             resp._future.add_done_callback(on_upstream_done)
 
-    def _enqueue(self, req: _Request) -> None:
+    def _enqueue(self, req: _Request, *, admitted: bool = False) -> None:
+        """Assign ``req`` or queue it; a new request (not ``admitted`` while its arguments
+        resolved) is refused when ``max_queued`` requests wait already."""
         if not self._queue and self._assign(req):
             return
-        if self.max_queued != -1 and len(self._queue) >= self.max_queued:
-            self._queue_compact()
-            if len(self._queue) >= self.max_queued:
-                self._count_error(req)
-                req._fail(BackPressureError(self.name, len(self._queue), self.max_queued))
-                return
+        if not admitted and self._queue_full():
+            self._count_error(req)
+            req._fail(BackPressureError(self.name, self._waiting(), self.max_queued))
+            return
         self._queue.append(req)
         if not self._slots and self.on_pressure is not None:
             self.on_pressure()
 
-    def _queue_compact(self) -> None:
+    def _waiting(self) -> int:
+        """Requests waiting here: queued for a replica, or for their chained arguments."""
+        return len(self._queue) + self.resolving
+
+    def _queue_full(self) -> bool:
+        if self.max_queued == -1 or self._waiting() < self.max_queued:
+            return False
         self._queue = collections.deque(r for r in self._queue if not r.done())
+        return self._waiting() >= self.max_queued
 
     def _pick(self) -> ReplicaSlot | None:
         slots = self._slots

@@ -309,6 +309,29 @@ async def test_router_chained_request_waits_for_upstream() -> None:
 
 
 @pytest.mark.autojump
+async def test_router_backpressure_counts_requests_waiting_for_chained_arguments() -> None:
+    """Requests waiting for their chained arguments count against max_queued_requests: a
+    flood of chained calls is refused like any other, and admitted ones still run."""
+    up, down = FakeReplica("up"), FakeReplica("down")
+    async with trio.open_nursery() as nursery:
+        up_router = _router(nursery, {"up": up}, max_ongoing=10)
+        down_router = _router(nursery, {"down": down}, max_ongoing=1, max_queued=2)
+        upstream = _send(up_router, 1)
+        admitted = [_send(down_router, upstream, i) for i in range(2)]
+        refused = _send(down_router, upstream, 2)
+        with pytest.raises(serve.BackPressureError) as info:
+            await refused
+        assert (info.value.num_queued, info.value.max_queued) == (2, 2)
+        up.calls[0][2].set_result(10)  # both admitted ones go on: one runs, one queues
+        assert down.args == [10]
+        assert down_router.stats().queued == 1
+        for i in range(2):
+            down.calls[i][2].set_result(i)
+            await down.wait_calls(i + 1)
+        assert await serve.get_async(admitted) == [0, 1]
+
+
+@pytest.mark.autojump
 async def test_router_chained_request_fails_with_upstream_error() -> None:
     """An upstream failure fails the chained request without sending it."""
     up, down = FakeReplica("up"), FakeReplica("down")
