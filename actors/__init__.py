@@ -15,6 +15,7 @@ from ._host import push_stream as push_stream
 from ._inline import InlineRef as InlineRef
 from ._inline import run_inline_actor as run_inline_actor
 from ._link import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
+from ._link import HEARTBEAT_TIMEOUT_S as HEARTBEAT_TIMEOUT_S
 from ._process import ActorSystem as ActorSystem
 from ._process import open_actor_system as open_actor_system
 from ._ref import ActorRef as ActorRef
@@ -44,6 +45,7 @@ from .exceptions import SupervisorGaveUpError as SupervisorGaveUpError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HEARTBEAT_TIMEOUT_S",
     "PROTOCOL",
     "Actor",
     "ActorDiedError",

@@ -6,7 +6,8 @@ the logic in an ordinary method; ``__call__`` (what HTTP requests reach, with a
 method through a handle. Both kinds of request are load balanced across the replicas the same
 way; ``/-/metrics`` counts them in separate families.
 
-Run it: ``python examples/http_and_handle.py``
+Run it: ``python examples/http_and_handle.py``, or serve it from the command line with
+``trioserve run examples/http_and_handle.py:app --port 8000``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Deployment:
         return {"result": self.method1(request.query_params["arg"])}
 
 
+app = Deployment.bind()
+
+
 def http_get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=10) as response:
         status: int = response.status
@@ -39,7 +43,7 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 async def main() -> None:
     async with serve.open_serve(http_port=0) as instance:
-        handle = await instance.run(Deployment.bind(), route_prefix="/")
+        handle = await instance.run(app, route_prefix="/")
         url = f"{instance.http_url}/?arg=123"
 
         # Over HTTP (urllib blocks, so it runs on a worker thread).

@@ -32,6 +32,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie, or one that exited just now, does not)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """Every test must leave no child process behind (checked by PID, then reaped)."""
@@ -41,11 +49,7 @@ def no_leftover_processes() -> Iterator[None]:
     deadline = time.monotonic() + 5.0
     left: list[psutil.Process] = []
     while time.monotonic() < deadline:
-        left = [
-            p
-            for p in me.children(recursive=True)
-            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
-        ]
+        left = [p for p in me.children(recursive=True) if p.pid not in before and _running(p)]
         if not left:
             return
         time.sleep(0.05)  # polling a real process's exit, bounded by the deadline

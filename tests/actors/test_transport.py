@@ -261,3 +261,26 @@ async def test_transport_connection_loss_fails_pending_calls() -> None:
                 with pytest.raises(actors.ActorDiedError):
                     await fut
         assert not ref.alive
+
+
+@pytest.mark.autojump
+async def test_transport_silent_peer_is_disconnected_after_heartbeat_timeout() -> None:
+    """A peer that sends nothing (a frozen process) is disconnected once the heartbeat
+    timeout passes, not before; an idle caller that is alive stays connected meanwhile."""
+    timeout = actors.HEARTBEAT_TIMEOUT_S
+    async with (
+        serving(Worker(), token=TOKEN) as address,
+        _connected(address, token=TOKEN) as live,
+        _raw_client(address) as silent,
+    ):
+        started = trio.current_time()
+        with trio.fail_after(timeout + 5):
+            while True:
+                try:
+                    await silent.get_message()  # the listener's heartbeats: read, never answered
+                except ConnectionClosed:
+                    break
+        assert timeout <= trio.current_time() - started <= timeout + 2
+        await trio.sleep(3 * timeout)  # virtual time: the live caller idles through timeouts
+        assert live.alive
+        assert await live.call("square", 3) == 9

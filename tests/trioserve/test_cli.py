@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -212,3 +213,16 @@ def test_cli_run_bad_target_fails_clearly(target: str, message: str) -> None:
     assert done.stderr.startswith("error: ")
     assert "Traceback" not in done.stderr
     assert "trioserve: application" not in done.stdout
+
+
+def test_cli_run_targets_in_readme_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``trioserve run TARGET`` the README shows names an application that loads."""
+    from trioserve._cli import load_target
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_target adds the file's folder
+    readme = (REPO / "README.md").read_text()
+    targets = re.findall(r"^trioserve run (\S+)", readme, flags=re.MULTILINE)
+    assert targets, "the README shows no `trioserve run` command"
+    for target in targets:
+        assert isinstance(load_target(target), serve.Application), target
