@@ -2,7 +2,8 @@
 
 Actors are objects hosted as OS processes (or, inline, as Trio tasks in this process) and
 called over authenticated websockets carrying msgspec envelopes, supervised the Erlang/OTP
-way.
+way. ``actors.testing`` has helpers for tests (an actor, a listener or a connection for the
+length of a block).
 """
 
 from __future__ import annotations

@@ -6,14 +6,12 @@ messages and slow clients."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import logging
 import os
 import pickle
 import traceback
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 import actors
 import trioserve as serve
 from actors import _codec, _transport, _wire
+from actors.testing import connected, serving
 
 TOKEN = "security-test-token-0123456789abcdef"
 TOKEN_HEADER = b"x-actors-token"
@@ -75,30 +74,6 @@ class FileCreator:
         return Path.touch, (Path(self.path),)
 
 
-@asynccontextmanager
-async def serving(obj: object, **options: Any) -> AsyncIterator[str]:
-    """``obj`` served in this process at an authenticated listener; yields its address."""
-    async with trio.open_nursery() as nursery:
-        host = actors.ActorHost(obj, nursery)
-        bound, port = await nursery.start(
-            functools.partial(actors.serve_host, host, token=TOKEN, **options)
-        )
-        yield f"ws://{bound}:{port}"
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connected(address: str, **options: Any) -> AsyncIterator[actors.RemoteRef]:
-    """A client connection for the block (closed through its link, which is prompt)."""
-    async with trio.open_nursery() as nursery:
-        ref = await nursery.start(functools.partial(actors.connect, address, **options))
-        try:
-            yield ref
-        finally:
-            assert ref.link is not None
-            ref.link.close("closed by the test")
-
-
 def descendants() -> list[psutil.Process]:
     return psutil.Process().children(recursive=True)
 
@@ -118,7 +93,7 @@ async def test_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(_transport.hmac, "compare_digest", recording)
     same_length = "x" * len(TOKEN)
-    async with serving(Small()) as address:
+    async with serving(Small(), token=TOKEN) as address:
         for wrong in (same_length, TOKEN[:-1], TOKEN + "!"):
             with trio.fail_after(TIMEOUT_S), pytest.raises(actors.AuthenticationError):
                 await actors.connect(address, token=wrong)
@@ -133,7 +108,7 @@ async def test_token_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     the instance token nor the wrong one a client offered."""
     wrong = "wrong-token-" + "z" * 20
     caplog.set_level(logging.DEBUG)
-    async with serving(Small()) as address:
+    async with serving(Small(), token=TOKEN) as address:
         with trio.fail_after(TIMEOUT_S), pytest.raises(actors.AuthenticationError):
             await actors.connect(address, token=wrong)
         async with connected(address, token=TOKEN) as ref:
@@ -151,7 +126,7 @@ async def test_token_is_never_in_an_exception_message() -> None:
     """The AuthenticationError a refused client gets (message, repr, traceback) holds neither
     the token it offered nor the instance token."""
     wrong = "offered-token-" + "q" * 20
-    async with serving(Small()) as address:
+    async with serving(Small(), token=TOKEN) as address:
         with trio.fail_after(TIMEOUT_S), pytest.raises(actors.AuthenticationError) as info:
             await actors.connect(address, token=wrong)
     text = "".join(traceback.format_exception(info.value)) + repr(info.value)
@@ -264,7 +239,7 @@ async def test_pickles_are_not_decoded_before_authentication(tmp_path: Path) -> 
     never happens. The same call on an authenticated connection is decoded (the control)."""
     target = tmp_path / "unpickled"
     message = _pickle_call(target)
-    async with serving(Small()) as address:
+    async with serving(Small(), token=TOKEN) as address:
         for token in (None, b"wrong-" + b"t" * 30):
             async with await _open_upgrade(address, token, message) as stream:
                 head, body = await _read_refusal(stream)
@@ -309,7 +284,10 @@ async def test_http_proxy_never_unpickles_request_bodies(tmp_path: Path) -> None
 
 async def test_refused_handshake_closes_the_connection() -> None:
     """After refusing a handshake (401) the listener closes that TCP connection."""
-    async with serving(Small()) as address, await _open_upgrade(address, None, b"") as stream:
+    async with (
+        serving(Small(), token=TOKEN) as address,
+        await _open_upgrade(address, None, b"") as stream,
+    ):
         head, _body = await _read_refusal(stream)
         assert head.startswith(b"HTTP/1.1 401 ")
         with trio.fail_after(2):
@@ -334,7 +312,7 @@ async def test_oversized_websocket_message_closes_with_1009() -> None:
     sender whose own limit is smaller gets MessageTooLargeError and keeps its connection."""
     assert actors.DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     limit = 64 * 1024
-    async with serving(Small(), max_message_size=limit) as address:
+    async with serving(Small(), token=TOKEN, max_message_size=limit) as address:
         async with open_websocket_url(
             address, subprotocols=[actors.PROTOCOL], extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
         ) as ws:

@@ -6,7 +6,6 @@ child process by reference (the child gets this test run's ``sys.path``).
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import signal
@@ -14,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,31 +230,6 @@ def worker_spec(placement: Placement = "process", **options: Any) -> actors.Acto
     """A :class:`Worker` spec that drains quickly when its test ends."""
     options.setdefault("grace_s", GRACE_S)
     return actors.ActorSpec(factory=Worker, placement=placement, **options)
-
-
-@asynccontextmanager
-async def running_actor(spec: actors.ActorSpec) -> AsyncIterator[actors.Actor]:
-    """Run ``spec`` for the block (a process needs an actor system; inline needs none)."""
-    if spec.placement == "inline":
-        async with trio.open_nursery() as nursery:
-            yield await nursery.start(actors.run_inline_actor, spec)
-            nursery.cancel_scope.cancel()
-    else:
-        async with actors.open_actor_system() as system, trio.open_nursery() as nursery:
-            yield await nursery.start(system.run_actor, spec)
-            nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def serving(obj: object, *, token: str, **options: Any) -> AsyncIterator[str]:
-    """Serve ``obj`` in this process at an authenticated listener; yields its address."""
-    async with trio.open_nursery() as nursery:
-        host = actors.ActorHost(obj, nursery)
-        bound, port = await nursery.start(
-            functools.partial(actors.serve_host, host, token=token, **options)
-        )
-        yield f"ws://{bound}:{port}"
-        nursery.cancel_scope.cancel()
 
 
 async def call_when_admitted(ref: actors.ActorRef, method: str, *args: Any) -> Any:

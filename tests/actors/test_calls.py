@@ -12,12 +12,12 @@ import trio
 import trio.testing
 
 import actors
+from actors.testing import running_actor
 
 from .actors_fixtures import (
     CustomError,
     Placement,
     call_when_admitted,
-    running_actor,
     worker_spec,
 )
 

@@ -23,6 +23,7 @@ import actors
 from actors import _codec, _wire
 from actors._future import CallFuture
 from actors._ref import RemoteRef
+from actors.testing import connected
 from trioserve._http import Request
 from trioserve._http_server import HTTPReply, plain, serve_http
 
@@ -364,18 +365,6 @@ async def _listener() -> AsyncIterator[tuple[str, actors.ActorHost]]:
 
 
 @asynccontextmanager
-async def _connected(address: str) -> AsyncIterator[actors.RemoteRef]:
-    """A good client for the block (closed through its link, which is prompt)."""
-    async with trio.open_nursery() as nursery:
-        ref = await nursery.start(functools.partial(actors.connect, address, token=TOKEN))
-        try:
-            yield ref
-        finally:
-            assert ref.link is not None
-            ref.link.close("closed by the test")
-
-
-@asynccontextmanager
 async def _raw_client(address: str) -> AsyncIterator[WebSocketConnection]:
     """A client that passes the handshake and then sends whatever the test says."""
     async with open_websocket_url(
@@ -408,7 +397,7 @@ async def _probe(ws: WebSocketConnection) -> int | None:
 
 async def _fuzz_listener(messages: list[bytes | str]) -> None:
     async with _listener() as (address, host):
-        async with _connected(address) as bystander:
+        async with connected(address, token=TOKEN) as bystander:
             async with _raw_client(address) as ws:
                 try:
                     for message in messages:
@@ -424,7 +413,7 @@ async def _fuzz_listener(messages: list[bytes | str]) -> None:
             assert await bystander.call("square", 7) == 49
         with trio.fail_after(TIMEOUT_S):
             await host.wait_idle()  # the fuzzer's calls ended or were cancelled with it
-        async with _connected(address) as newcomer:
+        async with connected(address, token=TOKEN) as newcomer:
             assert await newcomer.call("square", 8) == 64
 
 

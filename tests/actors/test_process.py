@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import actors
+from actors.testing import running_actor
 
 from .actors_fixtures import (
     BrokenInit,
@@ -20,7 +21,6 @@ from .actors_fixtures import (
     Stubborn,
     descendants,
     process_gone,
-    running_actor,
     wait_process_gone,
     worker_spec,
 )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import msgspec
 import pytest
@@ -20,29 +19,17 @@ from trio_websocket import (
 
 import actors
 from actors import _codec, _wire
+from actors.testing import connected, running_actor, serving
 
-from .actors_fixtures import Worker, running_actor, serving, worker_spec
+from .actors_fixtures import Worker, worker_spec
 
 TOKEN = "the-instance-token"
 TOKEN_HEADER = b"x-actors-token"
 
 
-@asynccontextmanager
-async def _connected(address: str, **options: Any) -> AsyncIterator[actors.RemoteRef]:
-    """A connection for the block, closed by closing its link (which lets the websocket
-    finish its close handshake at once; ``open_connection`` takes a second, see below)."""
-    async with trio.open_nursery() as nursery:
-        ref = await nursery.start(functools.partial(actors.connect, address, **options))
-        try:
-            yield ref
-        finally:
-            assert ref.link is not None
-            ref.link.close("closed by the test")
-
-
 async def _assert_serves(address: str) -> None:
     """A well-behaved client can connect and call."""
-    async with _connected(address, token=TOKEN) as ref:
+    async with connected(address, token=TOKEN) as ref:
         assert await ref.call("square", 12) == 144
 
 
@@ -162,7 +149,7 @@ async def test_transport_malformed_message_closes_only_that_connection(
     """A client that sends bytes breaking the protocol has its connection closed with a
     protocol error (1002); other connections, and new ones, are served as before."""
     async with serving(Worker(), token=TOKEN) as address:
-        async with _connected(address, token=TOKEN) as bystander:
+        async with connected(address, token=TOKEN) as bystander:
             async with _raw_client(address) as ws:
                 await ws.send_message(garbage)
                 closed = await _wait_closed(ws)
@@ -195,7 +182,7 @@ async def test_transport_oversized_message_fails_only_that_call() -> None:
     limit = 64 * 1024
     async with (
         serving(Worker(), token=TOKEN) as address,
-        _connected(address, token=TOKEN, max_message_size=limit) as ref,
+        connected(address, token=TOKEN, max_message_size=limit) as ref,
     ):
         fut = ref.submit("echo", (b"x" * (2 * limit),))
         with pytest.raises(actors.MessageTooLargeError) as info:
@@ -218,7 +205,7 @@ async def test_transport_oversized_result_fails_only_that_call() -> None:
     limit = 64 * 1024
     async with (
         serving(Worker(), token=TOKEN, max_message_size=limit) as address,
-        _connected(address, token=TOKEN, max_message_size=limit) as ref,
+        connected(address, token=TOKEN, max_message_size=limit) as ref,
     ):
         with pytest.raises(actors.MessageTooLargeError) as info:
             await ref.call("make_bytes", 2 * limit)
@@ -270,7 +257,7 @@ async def test_transport_silent_peer_is_disconnected_after_heartbeat_timeout() -
     timeout = actors.HEARTBEAT_TIMEOUT_S
     async with (
         serving(Worker(), token=TOKEN) as address,
-        _connected(address, token=TOKEN) as live,
+        connected(address, token=TOKEN) as live,
         _raw_client(address) as silent,
     ):
         started = trio.current_time()

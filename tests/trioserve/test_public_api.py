@@ -120,3 +120,18 @@ def test_public_api_request_timeout_is_a_timeout_error() -> None:
     """``except TimeoutError`` catches serve's request timeouts."""
     assert issubclass(trioserve.RequestTimeoutError, TimeoutError)
     assert issubclass(trioserve.RequestTimeoutError, trioserve.ServeError)
+
+
+@pytest.mark.parametrize("package", [trioserve, actors], ids=lambda p: p.__name__)
+def test_public_api_package_is_marked_typed(package: types.ModuleType) -> None:
+    """Both packages ship ``py.typed``, so users' type checkers read their annotations."""
+    assert package.__file__ is not None
+    assert (Path(package.__file__).parent / "py.typed").is_file()
+
+
+def test_public_api_actors_testing_lists_its_helpers() -> None:
+    """``actors.testing`` is a public module whose ``__all__`` names what it offers."""
+    import actors.testing
+
+    assert sorted(actors.testing.__all__) == ["connected", "running_actor", "serving"]
+    assert all(callable(getattr(actors.testing, name)) for name in actors.testing.__all__)
