@@ -6,7 +6,13 @@ starts the instance without HTTP and shuts it down however the test ends.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -184,3 +190,67 @@ def test_sync_response_inside_containers_and_kwargs() -> None:
     one = handle.add_one.remote(0)
     assert handle.total.remote([one, 10]).result() == 11
     assert handle.combine.remote(2, b=one).result() == 201
+
+
+@pytest.mark.usefixtures("sync_serve")
+def test_sync_remote_blocks_until_a_replica_accepts() -> None:
+    """With the only slot taken, ``SyncHandle.remote()`` waits in the queue and returns once
+    a replica has the request (its response already names the replica)."""
+    handle = serve.run(fx.Gate.options(max_ongoing_requests=1).bind(), name="one-slot")
+    busy = handle.block.remote()
+    returned: list[serve.SyncResponse] = []
+    submitter = threading.Thread(target=lambda: returned.append(handle.ping.remote(5)))
+    submitter.start()
+
+    def queued() -> int:
+        router = handle.async_handle._get_router()
+        return router.stats().queued
+
+    deadline = time.monotonic() + 10
+    # the request crosses to the serve thread and a replica process: poll, bounded
+    while trio.from_thread.run_sync(queued, trio_token=handle._token) != 1:
+        assert time.monotonic() < deadline, "the second request never queued"
+        time.sleep(0.01)
+    assert returned == []  # still blocked in remote(): the replica has not accepted it
+    busy.cancel()
+    submitter.join(timeout=10)
+    (response,) = returned
+    assert response.replica_id == "Gate#1"
+    assert response.result() == 5
+
+
+ATEXIT_SCRIPT = """
+import trioserve as serve
+from tests.trioserve import serve_fixtures as fx
+
+serve.run(fx.Pid.options(num_replicas=2).bind())
+print(" ".join(str(r.pid) for r in serve.status().applications["default"]
+               .deployments["Pid"].replicas), flush=True)
+# no serve.shutdown(): the interpreter's exit stops the instance
+"""
+
+
+def test_sync_interpreter_exit_stops_every_replica_process(tmp_path: Path) -> None:
+    """A script that ends without ``serve.shutdown()`` still leaves no replica behind."""
+    script = tmp_path / "forgets_shutdown.py"
+    script.write_text(ATEXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    assert not any(map(_running, pids))  # gone by the time the script returned
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
