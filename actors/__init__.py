@@ -36,6 +36,7 @@ from .exceptions import ActorDiedError as ActorDiedError
 from .exceptions import ActorError as ActorError
 from .exceptions import AuthenticationError as AuthenticationError
 from .exceptions import CallCancelledError as CallCancelledError
+from .exceptions import CallNotDeliveredError as CallNotDeliveredError
 from .exceptions import DeadlineExceededError as DeadlineExceededError
 from .exceptions import MessageTooLargeError as MessageTooLargeError
 from .exceptions import ProtocolError as ProtocolError
@@ -58,6 +59,7 @@ __all__ = [
     "AuthenticationError",
     "CallCancelledError",
     "CallFuture",
+    "CallNotDeliveredError",
     "ChildSpec",
     "DeadlineExceededError",
     "InlineRef",

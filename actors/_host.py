@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -247,14 +247,18 @@ class ActorHost:
         *,
         timeout: float | None,
         credit: _Credit | None,
+        gate: trio.Event | None = None,
     ) -> _Running:
-        """Start one admitted call; returns its handle for :meth:`cancel`."""
+        """Start one admitted call; returns its handle for :meth:`cancel`. With a ``gate``,
+        the call's work begins only once the gate is set."""
         running = _Running()
         if method in self.control_methods:
             running.released = True  # never counted
         if timeout is not None:
             running.scope.deadline = trio.current_time() + max(timeout, 0.0)
-        self._nursery.start_soon(self._run, running, reply, method, payload, args, kwargs, credit)
+        self._nursery.start_soon(
+            self._run, running, reply, method, payload, args, kwargs, credit, gate
+        )
         return running
 
     async def _run(
@@ -266,6 +270,7 @@ class ActorHost:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         credit: _Credit | None,
+        gate: trio.Event | None,
     ) -> None:
         observer = self.observer
         started = trio.current_time() if observer is not None else 0.0
@@ -274,6 +279,8 @@ class ActorHost:
         try:
             with scope:
                 try:
+                    if gate is not None and not gate.is_set():
+                        await gate.wait()  # the caller must hear the call was read first
                     if payload is not None:
                         args, kwargs = _codec.decode_args(payload)
                     fn, kind = self._methods.get(method) or self.resolve(method)
@@ -429,6 +436,27 @@ class HostSession:
         #: every call still running for this caller (ids may be reused by a bad caller)
         self.running: set[_Running] = set()
         self.credits: dict[int, _Credit] = {}
+        #: the highest call id read, and the highest the caller has been told about
+        self._read_upto = 0
+        self._acked_upto = 0
+        #: calls read since the last acknowledgement wait on this before they start
+        self._gate: trio.Event | None = None
+
+    def after_batch(self) -> Awaitable[None] | None:
+        """After each incoming message: acknowledge the calls it held (see ``Received``)."""
+        if self._read_upto <= self._acked_upto and self._gate is None:
+            return None
+        return self._acknowledge()
+
+    async def _acknowledge(self) -> None:
+        upto, gate, self._gate = self._read_upto, self._gate, None
+        try:
+            if upto > self._acked_upto:
+                await self.link.send_now(_wire.Received(upto))
+                self._acked_upto = upto
+        finally:
+            if gate is not None:
+                gate.set()  # sent, or the link is gone and its calls are being cancelled
 
     def on_envelope(self, env: _wire.Envelope) -> None:
         t = type(env)
@@ -450,6 +478,8 @@ class HostSession:
                 f"call {call.id} has a timeout that is not a number", protocol_error=True
             )
             return
+        if call.id > self._read_upto:
+            self._read_upto = call.id
         refused = self.host.try_admit(call.method)
         if refused is not None:
             self.link.send_nowait(_wire.Rejected(call.id, refused))
@@ -458,8 +488,17 @@ class HostSession:
         if credit is not None:
             self.credits[call.id] = credit
         reply = _SessionReply(self, call.id)
+        if self._gate is None:
+            self._gate = trio.Event()
         running = self.host.start(
-            reply, call.method, call.payload, (), {}, timeout=call.timeout, credit=credit
+            reply,
+            call.method,
+            call.payload,
+            (),
+            {},
+            timeout=call.timeout,
+            credit=credit,
+            gate=self._gate,
         )
         reply.running = running
         self.scopes[call.id] = running

@@ -9,7 +9,7 @@ socket is always drained (trio-websocket stalls its pings while its message queu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
@@ -36,6 +36,10 @@ class Link:
     returns once the connection is closed by either side or the peer stops answering for
     ``heartbeat_timeout`` seconds; ``on_close(reason)`` is called exactly once then. If
     cancelled midway, the websocket is closed and nothing remains.
+
+    After each incoming message has been handed over, the reader calls ``after_batch()``;
+    an awaitable it returns is awaited before the next message is read (an actor's host
+    acknowledges the calls it read this way, see :meth:`send_now`).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class Link:
         on_envelope: Callable[[_wire.Envelope], None],
         *,
         on_close: Callable[[str], None] | None = None,
+        after_batch: Callable[[], Awaitable[None] | None] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
@@ -51,6 +56,7 @@ class Link:
         self.ws = ws
         self._on_envelope = on_envelope
         self._on_close = on_close
+        self._after_batch = after_batch
         self.max_message_size = max_message_size
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
@@ -80,6 +86,12 @@ class Link:
         self._outbox.append(data)
         self._outbox_bytes += len(data)
         self._lot.unpark()
+
+    async def send_now(self, envelope: _wire.Envelope) -> None:
+        """Send one small envelope at once, ahead of the queue: once this returns it has
+        been handed to the socket. Raises ``ConnectionClosed`` if the link is gone."""
+        await self.ws.send_message(_wire.frame([_wire.encode_envelope(envelope)]))
+        self._last_sent = trio.current_time()
 
     def close(self, reason: str, *, protocol_error: bool = False) -> None:
         """Close from synchronous code: the link's tasks end soon after. A protocol error
@@ -139,6 +151,7 @@ class Link:
         ws = self.ws
         decode = self._decoder.decode
         on_envelope = self._on_envelope
+        after_batch = self._after_batch
         while True:
             message = await ws.get_message()
             self._last_seen = trio.current_time()
@@ -154,6 +167,10 @@ class Link:
             for envelope in batch:
                 if type(envelope) is not heartbeat:
                     on_envelope(envelope)
+            if after_batch is not None:
+                pending = after_batch()
+                if pending is not None:
+                    await pending
 
     async def _protocol_error(self, reason: str) -> None:
         self._mark_closed(f"protocol error: {reason}")

@@ -13,7 +13,12 @@ from typing import Any, Protocol
 from . import _codec, _wire
 from ._future import CallFuture, StreamReceiver
 from ._link import Link
-from .exceptions import ActorDiedError, DeadlineExceededError, RejectedError
+from .exceptions import (
+    ActorDiedError,
+    CallNotDeliveredError,
+    DeadlineExceededError,
+    RejectedError,
+)
 
 STREAM_WINDOW = 16
 
@@ -60,6 +65,8 @@ class RemoteRef:
         self._pending: dict[int, CallFuture] = {}
         self._streams: dict[int, StreamReceiver] = {}
         self.link: Link | None = None
+        #: every call with an id up to this one has been read by the actor
+        self.received_upto = 0
 
     def attach(self, link: Link) -> None:
         self.link = link
@@ -167,6 +174,8 @@ class RemoteRef:
             self._fail(env.id, _codec.decode_error(env.error))
         elif type(env) is _wire.Rejected:
             self._fail(env.id, RejectedError(env.reason, actor=self.name))
+        elif type(env) is _wire.Received:
+            self.received_upto = max(self.received_upto, env.upto)
         # heartbeats and anything else a caller does not expect are ignored
 
     def _fail(self, call_id: int, error: BaseException) -> None:
@@ -179,12 +188,21 @@ class RemoteRef:
             receiver.finish(error)
 
     def on_close(self, reason: str) -> None:
+        """The connection is gone: calls the actor had read fail with ``ActorDiedError``,
+        the others (they never started) with ``CallNotDeliveredError``."""
         pending, self._pending = self._pending, {}
         streams, self._streams = self._streams, {}
-        for fut in pending.values():
-            fut.set_error(ActorDiedError(f"actor {self.name} died: {reason}", actor=self.name))
-        for receiver in streams.values():
-            receiver.finish(ActorDiedError(f"actor {self.name} died: {reason}", actor=self.name))
+        for call_id, fut in pending.items():
+            fut.set_error(self._lost(call_id, reason))
+        for call_id, receiver in streams.items():
+            receiver.finish(self._lost(call_id, reason))
+
+    def _lost(self, call_id: int, reason: str) -> ActorDiedError:
+        if call_id > self.received_upto:
+            return CallNotDeliveredError(
+                f"actor {self.name} died before reading the call: {reason}", actor=self.name
+            )
+        return ActorDiedError(f"actor {self.name} died: {reason}", actor=self.name)
 
 
 __all__ = ["ActorRef", "DeadlineExceededError", "RemoteRef"]

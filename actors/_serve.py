@@ -33,7 +33,12 @@ async def serve_host(
 
     async def on_link(ws: WebSocketConnection) -> None:
         holder: list[Any] = []
-        link = Link(ws, lambda env: holder[0].on_envelope(env), max_message_size=max_message_size)
+        link = Link(
+            ws,
+            lambda env: holder[0].on_envelope(env),
+            after_batch=lambda: holder[0].after_batch(),
+            max_message_size=max_message_size,
+        )
         session = host.session(link)
         holder.append(session)
         host.links.add(link)

@@ -101,6 +101,14 @@ class Stop(_Envelope, tag=14, frozen=True):
     grace_s: float
 
 
+class Received(_Envelope, tag=15, frozen=True):
+    """Actor to caller: every call with an id up to ``upto`` on this connection has been
+    read (and admitted or refused). Sent before any of those calls starts its work, so a
+    call the caller never saw acknowledged never ran."""
+
+    upto: int
+
+
 Envelope = (
     Call
     | Result
@@ -116,6 +124,7 @@ Envelope = (
     | Ready
     | SpecFailed
     | Stop
+    | Received
 )
 
 

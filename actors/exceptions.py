@@ -4,6 +4,7 @@ The tree::
 
     ActorError
     ├── ActorDiedError            the actor's process or connection went away mid-call
+    │   └── CallNotDeliveredError  ... before the actor had read the call (it never ran)
     ├── RejectedError             the actor was at capacity; the call never started
     ├── CallCancelledError        the call was cancelled before it produced a result
     ├── DeadlineExceededError     the call's deadline passed on the actor
@@ -36,6 +37,11 @@ class ActorDiedError(ActorError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.args, {"actor": self.actor}))
+
+
+class CallNotDeliveredError(ActorDiedError):
+    """The actor went away before it acknowledged reading the call: the call never started
+    there, so it is safe to send it to another actor."""
 
 
 class RejectedError(ActorError):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import CallFuture, RejectedError, StreamReceiver
+from actors import CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
 
 from .exceptions import RequestCancelledError
 
@@ -252,7 +252,7 @@ class DeploymentResponseGenerator(_Request):
                 raise StopAsyncIteration
             try:
                 return await inner.__anext__()
-            except RejectedError:
+            except (RejectedError, CallNotDeliveredError):
                 if self._inner is not inner and not self._finished:
                     continue  # the router queued it again: read from the next replica
                 raise

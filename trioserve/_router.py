@@ -4,9 +4,10 @@ It keeps the deployment's replicas (pushed by the controller), picks one per req
 power of two choices on its own in-flight counts, never sends a replica more than
 ``max_ongoing_requests``, and queues requests while every replica is full. A replica that
 refuses a request (at capacity because of other routers) gets it back into the queue's
-front; a replica that dies fails the requests it accepted with ``ReplicaDiedError`` and
-the queue moves to the others. Everything here is synchronous and callback-driven, so a
-request costs no task of its own.
+front; a replica that dies fails the requests it had read with ``ReplicaDiedError``, and
+the ones it had not read yet (they never ran: see ``actors.CallNotDeliveredError``) go back
+to the queue's front for the other replicas. Everything here is synchronous and
+callback-driven, so a request costs no task of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from actors import (
     ActorRef,
     CallCancelledError,
     CallFuture,
+    CallNotDeliveredError,
     DeadlineExceededError,
     RejectedError,
     StreamReceiver,
@@ -248,6 +250,13 @@ class Router:
             req._unassign()
             self._queue.appendleft(req)
             self._schedule_retry()
+            return
+        if type(error) is CallNotDeliveredError and not req.done():
+            # the replica died before reading it: it never ran, another replica takes it
+            self._slots = [s for s in self._slots if s is not slot]
+            req._unassign()
+            self._queue.appendleft(req)
+            self._drain()
             return
         now = trio.current_time()
         self.latency.observe((("source", req._source),), now - req._submitted_at)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -286,3 +288,36 @@ async def test_run_actor_children_exit_when_parent_is_killed(tmp_path: Path) -> 
                 await driver.wait()
         if driver.stdout is not None:
             await driver.stdout.aclose()
+
+
+def _wait_status(proc: psutil.Process, status: str) -> None:
+    """Poll a real process until it shows ``status`` (bounded)."""
+    deadline = time.monotonic() + 10
+    while proc.status() != status:
+        assert time.monotonic() < deadline, f"{proc.pid} never became {status}"
+        time.sleep(0.01)  # polling a real process's state, bounded by the deadline
+
+
+async def test_run_actor_death_tells_calls_it_never_read_from_calls_it_ran() -> None:
+    """When an actor process dies, a call it had acknowledged reading fails with
+    ActorDiedError; one still unread in its socket fails with CallNotDeliveredError (it never
+    ran, so a caller may safely send it elsewhere)."""
+    async with running_actor(worker_spec()) as actor:
+        assert actor.pid is not None
+        ref = actor.ref
+        assert isinstance(ref, actors.RemoteRef)
+        proc = psutil.Process(actor.pid)
+        started = ref.submit("hang", ("read",))
+        deadline = trio.current_time() + 10
+        while ref.received_upto < 1:  # the acknowledgement crosses from a real process
+            assert trio.current_time() < deadline, "the actor never acknowledged the call"
+            await trio.sleep(0.01)
+        os.kill(actor.pid, signal.SIGSTOP)  # it reads nothing more
+        await trio.to_thread.run_sync(_wait_status, proc, psutil.STATUS_STOPPED)
+        unread = ref.submit("echo", ("unread",))
+        os.kill(actor.pid, signal.SIGKILL)
+        with trio.fail_after(10), pytest.raises(actors.CallNotDeliveredError):
+            await unread
+        with pytest.raises(actors.ActorDiedError) as info:
+            await started
+        assert not isinstance(info.value, actors.CallNotDeliveredError)

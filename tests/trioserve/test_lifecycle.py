@@ -186,3 +186,32 @@ async def test_lifecycle_redeploy_new_user_config_reconfigures_in_place() -> Non
         handle = await instance.run(changed.bind(), name="cfg")
         assert await handle.current.remote() == [{"threshold": 2}, 2]
         assert _pids(await instance.status(), "cfg") == pids
+
+
+async def test_lifecycle_requests_a_dead_replica_never_read_go_to_another() -> None:
+    """Requests sent to a replica that dies before reading them (here: stopped, then
+    killed) are retried on the other replica and all succeed; none is lost or failed."""
+    async with serve.open_serve(http_port=None) as instance:
+        handle = await instance.run(fx.Pid.options(num_replicas=2).bind(), name="retry")
+        replicas = (await instance.status()).applications["retry"].deployments["Pid"].replicas
+        victim = replicas[0]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGSTOP)  # it reads nothing from now on
+        proc = psutil.Process(victim.pid)
+        await _eventually(_is_stopped(proc))
+        responses = [handle.remote(i) for i in range(20)]
+        sent_to_victim = [r for r in responses if r.replica_id == victim.replica_id]
+        assert sent_to_victim, "the router sent nothing to the stopped replica"
+        os.kill(victim.pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            answers = await serve.get_async(responses)
+        survivor = {r.pid for r in replicas} - {victim.pid}
+        assert set(answers) == survivor
+
+
+def _is_stopped(proc: psutil.Process) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        await trio.lowlevel.checkpoint()
+        return proc.status() == psutil.STATUS_STOPPED
+
+    return check
