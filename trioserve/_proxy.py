@@ -4,6 +4,7 @@ failures to status codes, and serves the operations endpoints under ``/-/``."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +42,16 @@ class HTTPProxy:
         self.show_tracebacks = show_tracebacks
         self._handles: dict[tuple[str, str], DeploymentHandle] = {}
         self.requests = Counter(
-            "trioserve_http_requests_total", "HTTP requests answered, by application and status"
+            "trioserve_http_requests_total",
+            "HTTP requests answered, by application, ingress deployment and status",
         )
         self.latency = Histogram(
-            "trioserve_http_request_duration_seconds", "HTTP request latency, by application"
+            "trioserve_http_request_duration_seconds",
+            "HTTP request latency, by application and ingress deployment",
+        )
+        self.ongoing = Gauge(
+            "trioserve_http_ongoing_requests",
+            "HTTP requests being answered (queued in the proxy's handle or at a replica)",
         )
 
     # -- routing
@@ -81,12 +88,17 @@ class HTTPProxy:
             return await self._operations(request)
         app = self.match(request.path)
         if app is None:
-            self.requests.inc((("application", ""), ("status", "404")))
+            self.requests.inc((("application", ""), ("deployment", ""), ("status", "404")))
             return plain(404, f"no application serves {request.path}\n")
+        labels: Labels = (("application", app), ("deployment", self._controller.app_ingress(app)))
         started = trio.current_time()
-        reply = await self._forward(app, request)
-        self.requests.inc((("application", app), ("status", str(reply.status))))
-        self.latency.observe((("application", app),), trio.current_time() - started)
+        self.ongoing.set(labels, self.ongoing.values.get(labels, 0) + 1)
+        try:
+            reply = await self._forward(app, request)
+        finally:
+            self.ongoing.set(labels, self.ongoing.values[labels] - 1)
+        self.requests.inc((*labels, ("status", str(reply.status))))
+        self.latency.observe(labels, trio.current_time() - started)
         return reply
 
     async def _forward(self, app: str, request: Request) -> HTTPReply:
@@ -168,15 +180,21 @@ class HTTPProxy:
             entry = router.latency.values.get((("source", "handle"),))
             if entry is not None:
                 handle_latency.merge(labels, *entry)
-            stats = router.stats()
-            queued.set(labels, stats.queued + stats.resolving)
-            ongoing.set(labels, sum(stats.in_flight.values()))
+            queued.set(labels, router.queued_by_source("handle") + router.resolving)
+            ongoing.set(labels, router.ongoing.get("handle", 0))
         replicas_gauge = Gauge("trioserve_replicas", "Replicas by deployment and state")
         for app_state in self._controller.apps.values():
             for state in app_state.deployments.values():
                 labels = (("application", app_state.name), ("deployment", state.name))
-                replicas_gauge.set((*labels, ("state", "RUNNING")), len(state.replicas))
-        replica_requests, replica_errors, replica_latency = await self._replica_metrics()
+                by_state = collections.Counter(state.states.values())
+                for replica_state in ("STARTING", "RUNNING", "STOPPING"):
+                    replicas_gauge.set((*labels, ("state", replica_state)), by_state[replica_state])
+        (
+            replica_requests,
+            replica_errors,
+            replica_latency,
+            replica_ongoing,
+        ) = await self._replica_metrics()
         http_errors = Counter("trioserve_http_errors_total", "HTTP requests answered with 5xx")
         for labels, value in self.requests.values.items():
             if dict(labels)["status"].startswith("5"):
@@ -191,20 +209,25 @@ class HTTPProxy:
                 self.requests,
                 http_errors,
                 self.latency,
+                self.ongoing,
                 replica_requests,
                 replica_errors,
                 replica_latency,
+                replica_ongoing,
                 replicas_gauge,
             ]
         )
 
-    async def _replica_metrics(self) -> tuple[Counter, Counter, Histogram]:
+    async def _replica_metrics(self) -> tuple[Counter, Counter, Histogram, Gauge]:
         requests = Counter(
             "trioserve_replica_requests_total", "Requests processed by replicas, by method"
         )
         errors = Counter("trioserve_replica_errors_total", "Requests that raised in replicas")
         latency = Histogram(
             "trioserve_replica_processing_seconds", "Time replicas spent on requests"
+        )
+        ongoing = Gauge(
+            "trioserve_replica_ongoing_requests", "Requests running in replicas, by deployment"
         )
         targets: list[tuple[Labels, Any]] = []
         for app_state in self._controller.apps.values():
@@ -226,13 +249,14 @@ class HTTPProxy:
             for target_labels, ref in targets:
                 nursery.start_soon(fetch, target_labels, ref)
         for base, snapshot in results:
+            ongoing.set(base, ongoing.values.get(base, 0) + snapshot.get("ongoing", 0))
             for method, count in snapshot["requests"].items():
                 requests.inc((*base, ("method", method)), count)
             for method, count in snapshot["errors"].items():
                 errors.inc((*base, ("method", method)), count)
             for method, counts, total, n in snapshot["latency"]:
                 latency.merge((*base, ("method", method)), counts, total, n)
-        return requests, errors, latency
+        return requests, errors, latency, ongoing
 
 
 async def _rest(stream: Any) -> AsyncIterator[bytes]:

@@ -112,6 +112,7 @@ class Replica:
     # -- metrics
 
     def __actor_attach__(self, host: actors.ActorHost) -> None:
+        self._host = host
         host.observer = self._observe
         # health checks, reconfiguration and metrics must reach a replica that is busy
         host.control_methods = frozenset({"check_health", *_INTERNAL} - {"__serve_http__"})
@@ -123,7 +124,8 @@ class Replica:
 
     async def serve_metrics(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
-        return self.metrics.snapshot()
+        host = getattr(self, "_host", None)
+        return {**self.metrics.snapshot(), "ongoing": host.ongoing if host is not None else 0}
 
     # -- HTTP
 

@@ -88,9 +88,11 @@ class Router:
         self.max_queued = -1
         self.unavailable: str | None = None
         self._retry_scheduled = False
-        #: requests and errors by source ("handle" or "http"), and latency by source
+        #: requests, errors and requests at replicas now, by source ("handle" or "http"),
+        #: and latency by source
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.ongoing: dict[str, int] = {}
         self.latency = Histogram("latency", "")
         #: called when a request is queued while the deployment has no replica at all
         self.on_pressure: Callable[[], None] | None = None
@@ -129,6 +131,9 @@ class Router:
     @property
     def replica_ids(self) -> list[str]:
         return [s.replica_id for s in self._slots]
+
+    def queued_by_source(self, source: str) -> int:
+        return sum(1 for r in self._queue if r._source == source and not r.done())
 
     def stats(self) -> RouterStats:
         return RouterStats(
@@ -235,6 +240,7 @@ class Router:
                 self._slots = [s for s in self._slots if s is not slot]
                 continue
             slot.in_flight += 1
+            self.ongoing[req._source] = self.ongoing.get(req._source, 0) + 1
             req._mark_assigned(slot.replica_id, inner)
             inner.add_done_callback(partial(self._on_done, slot, req))
             return True
@@ -244,6 +250,7 @@ class Router:
 
     def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
         slot.in_flight -= 1
+        self.ongoing[req._source] -= 1
         error = inner.exception()
         if type(error) is RejectedError and not req.done():
             slot.blocked_until = trio.current_time() + REJECT_BACKOFF_S

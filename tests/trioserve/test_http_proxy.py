@@ -281,10 +281,10 @@ async def test_proxy_metrics_separate_handle_and_http_counts() -> None:
     expected = {
         'trioserve_handle_requests_total{application="m",deployment="Lab"} 3',
         'trioserve_handle_errors_total{application="m",deployment="Lab"} 0',
-        'trioserve_http_requests_total{application="m",status="200"} 5',
-        'trioserve_http_requests_total{application="m",status="500"} 1',
-        'trioserve_http_errors_total{application="m",status="500"} 1',
-        'trioserve_http_request_duration_seconds_count{application="m"} 6',
+        'trioserve_http_requests_total{application="m",deployment="Lab",status="200"} 5',
+        'trioserve_http_requests_total{application="m",deployment="Lab",status="500"} 1',
+        'trioserve_http_errors_total{application="m",deployment="Lab",status="500"} 1',
+        'trioserve_http_request_duration_seconds_count{application="m",deployment="Lab"} 6',
         'trioserve_replica_requests_total{application="m",deployment="Lab",method="ping"} 3',
         'trioserve_replica_requests_total{application="m",deployment="Lab",method="__http__"} 6',
         'trioserve_replica_errors_total{application="m",deployment="Lab",method="__http__"} 1',
@@ -365,3 +365,26 @@ async def test_proxy_shutdown_answers_http_requests_in_flight() -> None:
     (answer,) = answers
     assert (answer.status_code, answer.text) == (200, "answered /in-flight")
     assert answer.headers["connection"] == "close"
+
+
+async def test_proxy_metrics_show_requests_in_progress_by_side() -> None:
+    """While an HTTP request is held in a replica, the HTTP and replica families count it as
+    ongoing and the handle family does not; replicas are counted by state."""
+    async with serve.open_serve(http_port=0) as instance:
+        held = await instance.run(fx.Held.bind(), name="held")
+        async with open_client(instance) as http, trio.open_nursery() as nursery:
+            nursery.start_soon(http.get, "/in-progress")
+            with trio.fail_after(TIMEOUT_S):
+                await held.wait_entered.remote()  # the replica process has the request
+            lines = set((await http.get("/-/metrics")).text.splitlines())
+            await held.release.remote()
+    labels = '{application="held",deployment="Held"}'
+    expected = {
+        f"trioserve_http_ongoing_requests{labels} 1",
+        f"trioserve_replica_ongoing_requests{labels} 1",
+        f"trioserve_handle_ongoing_requests{labels} 0",
+        f"trioserve_handle_queued_requests{labels} 0",
+        'trioserve_replicas{application="held",deployment="Held",state="RUNNING"} 1',
+        'trioserve_replicas{application="held",deployment="Held",state="STOPPING"} 0',
+    }
+    assert expected <= lines, sorted(expected - lines)
