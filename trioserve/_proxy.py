@@ -171,6 +171,9 @@ class HTTPProxy:
             "trioserve_handle_request_duration_seconds", "Handle request latency"
         )
         queued = Gauge("trioserve_handle_queued_requests", "Requests waiting in handle queues")
+        http_queued = Gauge(
+            "trioserve_http_queued_requests", "HTTP requests waiting for a replica in the proxy"
+        )
         ongoing = Gauge("trioserve_handle_ongoing_requests", "Requests in flight from handles")
         labels: Labels
         for (app, dep), router in self._controller.routers.items():
@@ -181,6 +184,8 @@ class HTTPProxy:
             if entry is not None:
                 handle_latency.merge(labels, *entry)
             queued.set(labels, router.queued_by_source("handle") + router.resolving)
+            if (app, dep) in self._handles:
+                http_queued.set(labels, router.queued_by_source("http"))
             ongoing.set(labels, router.ongoing.get("handle", 0))
         replicas_gauge = Gauge("trioserve_replicas", "Replicas by deployment and state")
         for app_state in self._controller.apps.values():
@@ -209,6 +214,7 @@ class HTTPProxy:
                 self.requests,
                 http_errors,
                 self.latency,
+                http_queued,
                 self.ongoing,
                 replica_requests,
                 replica_errors,

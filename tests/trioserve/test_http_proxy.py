@@ -155,7 +155,7 @@ async def test_proxy_queued_request_takes_slot_of_disconnected_client() -> None:
                 nursery.start_soon(get)
                 await wait_for_metric(
                     http,
-                    'trioserve_handle_queued_requests{application="gated",deployment="Gated"} 1',
+                    'trioserve_http_queued_requests{application="gated",deployment="Gated"} 1',
                 )
             # the busy client hung up: its request is cancelled, its slot freed
             with trio.fail_after(TIMEOUT_S):
