@@ -58,7 +58,9 @@ class Supervisor:
     Tasks: one per child plus the decision loop, all in the nursery of
     :func:`open_supervisor`. Past ``max_restarts`` in ``period_s`` the supervisor stops every
     child and raises :class:`SupervisorGaveUpError` out of its ``async with`` block.
-    ``on_change(child_id, actor_or_None)`` is called whenever a child starts or goes away.
+    ``on_change(child_id, actor_or_None)`` is called whenever a child starts or goes away,
+    ``on_restart_failed(child_id, error)`` whenever restarting a child fails (it is tried
+    again, within the restart intensity).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Supervisor:
         rng: random.Random,
         on_change: ChangeCallback | None,
         backoff_base_s: float,
+        on_restart_failed: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -81,6 +84,7 @@ class Supervisor:
         self._nursery = nursery
         self._rng = rng
         self._on_change = on_change
+        self._on_restart_failed = on_restart_failed
         self._backoff_base_s = backoff_base_s
         self._children: dict[str, _Child] = {}
         self._exits_send, self._exits = trio.open_memory_channel[tuple[str, int, bool, str]](1000)
@@ -222,6 +226,8 @@ class Supervisor:
                     try:
                         await self._start(victim)
                     except Exception as exc:
+                        if self._on_restart_failed is not None:
+                            self._on_restart_failed(cid, exc)
                         self._exits_send.send_nowait(
                             (cid, victim.generation, False, f"failed to restart: {exc!r}")
                         )
@@ -247,6 +253,7 @@ async def open_supervisor(
     rng: random.Random | None = None,
     on_change: ChangeCallback | None = None,
     backoff_base_s: float = 0.05,
+    on_restart_failed: Callable[[str, BaseException], None] | None = None,
 ) -> AsyncIterator[Supervisor]:
     """``async with open_supervisor(system) as sup:`` then ``await sup.start_child(spec)``.
 
@@ -267,6 +274,7 @@ async def open_supervisor(
                 rng=rng or random.Random(),
                 on_change=on_change,
                 backoff_base_s=backoff_base_s,
+                on_restart_failed=on_restart_failed,
             )
             nursery.start_soon(sup._decide_loop)
             try:

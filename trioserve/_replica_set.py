@@ -75,6 +75,8 @@ class ReplicaSet:
     rng: random.Random = attrs.field(factory=random.Random)
     #: held by a redeploy and by an autoscaling step: one change of replica count at a time
     changing: trio.Lock = attrs.field(factory=trio.Lock)
+    #: replicas whose last restart failed (the supervisor keeps trying)
+    failing: set[str] = attrs.field(factory=set)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -92,6 +94,7 @@ class ReplicaSet:
                     max_restarts=REPLICA_MAX_RESTARTS,
                     period_s=REPLICA_RESTART_PERIOD_S,
                     on_change=self._on_change,
+                    on_restart_failed=self._on_restart_failed,
                 ) as sup:
                     self.supervisor = sup
                     try:
@@ -121,10 +124,24 @@ class ReplicaSet:
                 return
             self.replicas[replica_id] = actor
             self.states[replica_id] = RUNNING
+            self._not_failing(replica_id)
         else:
             self.replicas.pop(replica_id, None)
             if self.states.get(replica_id) == RUNNING:
                 self.states[replica_id] = STARTING  # the supervisor restarts it
+        self.hooks.changed(self)
+
+    def _not_failing(self, replica_id: str) -> None:
+        """A replica that failed to restart started after all, or was removed."""
+        if replica_id in self.failing:
+            self.failing.discard(replica_id)
+            if not self.failing and self.status == "UNHEALTHY":
+                self.status, self.message = "HEALTHY", ""
+
+    def _on_restart_failed(self, replica_id: str, error: BaseException) -> None:
+        self.failing.add(replica_id)
+        self.status = "UNHEALTHY"
+        self.message = f"replica {replica_id} failed to restart: {first_error(error)!r}"
         self.hooks.changed(self)
 
     # -- scaling
@@ -196,6 +213,7 @@ class ReplicaSet:
             await self.supervisor.stop_child_gracefully(replica_id)
         self.states.pop(replica_id, None)
         self.versions.pop(replica_id, None)
+        self._not_failing(replica_id)
 
     async def replace_replica(self, replica_id: str) -> None:
         """Stop an unhealthy replica at once and start a fresh one."""

@@ -140,6 +140,20 @@ class Faulty:
 
 
 @serve.deployment
+class BreaksOnRestart:
+    """Starts normally; while the file ``broken`` names exists, a new replica's constructor
+    raises (a restart after a crash fails until the file is gone)."""
+
+    def __init__(self, broken: str) -> None:
+        if os.path.exists(broken):
+            raise RuntimeError(f"cannot start while {broken} exists")
+
+    async def pid(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return os.getpid()
+
+
+@serve.deployment
 class BrokenInit:
     """A deployment whose constructor raises."""
 

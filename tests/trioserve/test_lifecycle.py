@@ -215,3 +215,41 @@ def _is_stopped(proc: psutil.Process) -> Callable[[], Awaitable[bool]]:
         return proc.status() == psutil.STATUS_STOPPED
 
     return check
+
+
+async def test_lifecycle_replica_failing_to_restart_makes_deployment_unhealthy(
+    tmp_path: Path,
+) -> None:
+    """A killed replica whose restarts fail marks its deployment and application UNHEALTHY,
+    with the constructor's error in the message; once a restart succeeds, both are healthy
+    again and requests are served."""
+    broken = tmp_path / "broken"
+    async with serve.open_serve(http_port=None) as instance:
+        handle = await instance.run(fx.BreaksOnRestart.bind(str(broken)), name="flaky")
+        pid = await handle.pid.remote()
+        broken.touch()
+        os.kill(pid, signal.SIGKILL)
+
+        async def unhealthy() -> bool:
+            app = (await instance.status()).applications["flaky"]
+            return app.status == "UNHEALTHY"
+
+        await _eventually(unhealthy)
+        app = (await instance.status()).applications["flaky"]
+        deployment = app.deployments["BreaksOnRestart"]
+        assert deployment.status == "UNHEALTHY"
+        assert "failed to restart" in deployment.message
+        assert "cannot start while" in deployment.message
+        assert deployment.running_replicas == 0
+
+        broken.unlink()
+
+        async def healthy() -> bool:
+            app = (await instance.status()).applications["flaky"]
+            return app.status == "RUNNING" and app.deployments["BreaksOnRestart"].status == (
+                "HEALTHY"
+            )
+
+        await _eventually(healthy)
+        with trio.fail_after(10):
+            assert await handle.pid.remote() != pid
