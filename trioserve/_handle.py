@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,16 +165,21 @@ class SyncHandle:
         :class:`SyncResponseGenerator` with ``stream=True``)."""
         check_not_in_loop(self._token, "SyncHandle.remote()")
         handle = self._handle
+        finished = threading.Event()
 
-        async def submit() -> Any:
+        def submit() -> Any:
             response = handle.remote(*args, **kwargs)
-            await response._wait_assigned()
+            if not handle.stream:
+                # the caller's thread learns of the result without another trip to the loop
+                response._future.add_done_callback(lambda _future: finished.set())
             return response
 
-        response = trio.from_thread.run(submit, trio_token=self._token)
+        response = trio.from_thread.run_sync(submit, trio_token=self._token)
+        if response._inner is None and not response.done():  # queued: wait for a replica
+            trio.from_thread.run(response._wait_assigned, trio_token=self._token)
         if handle.stream:
             return SyncResponseGenerator(response, self._token)
-        return SyncResponse(response, self._token)
+        return SyncResponse(response, self._token, finished=finished)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_sync_handle, (self._handle,))
@@ -191,11 +197,19 @@ def _rebuild_sync_handle(handle: DeploymentHandle) -> SyncHandle:
 class SyncResponse(ResponseWrapper):
     """The pending result of a sync handle's request."""
 
-    __slots__ = ("_response", "_token")
+    __slots__ = ("_finished", "_response", "_token")
 
-    def __init__(self, response: DeploymentResponse, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(
+        self,
+        response: DeploymentResponse,
+        token: trio.lowlevel.TrioToken,
+        *,
+        finished: threading.Event | None = None,
+    ) -> None:
         self._response = response
         self._token = token
+        #: set (from the loop) once the response is done, if the creator arranged it
+        self._finished = finished
 
     def done(self) -> bool:
         return self._response.done()
@@ -206,7 +220,10 @@ class SyncResponse(ResponseWrapper):
         future = self._response._future
         if not future.done():
             check_not_in_loop(self._token, "SyncResponse.result()")
-            trio.from_thread.run(_wait_done, future, timeout_s, trio_token=self._token)
+            if self._finished is None:
+                trio.from_thread.run(_wait_done, future, timeout_s, trio_token=self._token)
+            elif not self._finished.wait(timeout_s):
+                raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
         return future.result()
 
     def cancel(self) -> None:
