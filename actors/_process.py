@@ -25,6 +25,7 @@ from trio_websocket import WebSocketConnection
 
 from . import _codec, _wire
 from ._forkserver import ForkServer, fork_supported
+from ._groups import unwrap_lone_error
 from ._inline import run_inline_actor
 from ._link import Link
 from ._ref import RemoteRef
@@ -303,8 +304,7 @@ async def open_actor_system(
     must close before this block does. Leaving the block closes the listener.
     """
     token = token or secrets.token_urlsafe(32)
-    lone: BaseException | None = None
-    try:
+    with unwrap_lone_error():
         async with trio.open_nursery() as nursery:
             holder: list[ActorSystem] = []
 
@@ -333,10 +333,3 @@ async def open_actor_system(
                 yield system
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # why: a lone error (the body's, or the system's) is re-raised unwrapped
-        if len(group.exceptions) != 1:
-            raise
-        lone = group.exceptions[0]
-    if lone is not None:
-        raise lone  # outside the handler: its own cause and context stay

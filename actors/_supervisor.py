@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from ._groups import unwrap_lone_error
 from ._process import ActorSystem
 from ._restart import (
     RESTART_TYPES,
@@ -262,8 +263,7 @@ async def open_supervisor(
     is raised out of the block (unwrapped: it is the only error the block can end with
     besides the body's own).
     """
-    lone: BaseException | None = None
-    try:
+    with unwrap_lone_error():
         async with trio.open_nursery() as nursery:
             sup = Supervisor(
                 system,
@@ -281,10 +281,3 @@ async def open_supervisor(
                 yield sup
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # why: a lone error (ours or the body's) is re-raised unwrapped for the owner
-        if len(group.exceptions) != 1:
-            raise
-        lone = group.exceptions[0]
-    if lone is not None:
-        raise lone  # outside the handler: its own cause and context stay

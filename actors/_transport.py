@@ -23,6 +23,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from ._groups import unwrap_lone_error
 from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
 from ._ref import RemoteRef
 from ._wire import PROTOCOL
@@ -151,8 +152,7 @@ async def open_connection(
     Errors from the block (or from connecting) are raised unwrapped, as they are the only
     error the block can end with.
     """
-    lone: BaseException | None = None
-    try:
+    with unwrap_lone_error():
         async with trio.open_nursery() as nursery:
             ref: RemoteRef = await nursery.start(
                 lambda task_status: connect(
@@ -163,10 +163,3 @@ async def open_connection(
                 yield ref
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # why: a lone error (the body's, or the connection's) is re-raised unwrapped
-        if len(group.exceptions) != 1:
-            raise
-        lone = group.exceptions[0]
-    if lone is not None:
-        raise lone  # outside the handler: its own cause and context stay
