@@ -334,6 +334,40 @@ async def test_serve_http_closes_connection_stalled_in_headers() -> None:
         await slow.aclose()
 
 
+@pytest.mark.autojump
+async def test_serve_http_closes_keep_alive_connection_idle_past_its_timeout() -> None:
+    """A keep-alive connection with no next request is closed after ``idle_timeout_s``,
+    not before; one that sends its next request in time is served."""
+    limits = HTTPLimits(idle_timeout_s=TIMEOUT_S / 2)
+    async with open_server(echo, limits) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = RawClient(stream)
+        await stream.send_all(raw_request("/first"))
+        assert (await client.read_response())[0] == 200
+        await trio.sleep(limits.idle_timeout_s - 1)  # virtual time: idle, still in time
+        await stream.send_all(raw_request("/second"))
+        assert (await client.read_response())[2] == b"GET /second 0"
+        idle_from = trio.current_time()
+        assert await read_to_eof(stream) == b""
+        assert limits.idle_timeout_s <= trio.current_time() - idle_from <= limits.idle_timeout_s + 1
+        await stream.aclose()
+
+
+@pytest.mark.autojump
+async def test_serve_http_body_sent_too_slowly_gets_408() -> None:
+    """A body that does not arrive within ``body_timeout_s`` gets 408 and the connection
+    is closed."""
+    async with open_server(echo, HTTPLimits(body_timeout_s=TIMEOUT_S / 2)) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\n12"
+        )
+        raw = await read_to_eof(stream)
+        await stream.aclose()
+    assert status_of(raw) == 408
+    assert raw.endswith(b"request body timed out")
+
+
 async def test_serve_http_slow_handler_outlives_header_timeout() -> None:
     """A handler may take longer than ``header_timeout_s``: that limit is for the headers."""
 
