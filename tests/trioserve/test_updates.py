@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import trio
+import trio.testing
 
 import trioserve as serve
 
@@ -393,3 +395,44 @@ async def test_updates_failing_constructor_reported_in_status() -> None:
         app = (await instance.status()).applications["broken"]
         assert (app.status, app.message) == ("RUNNING", "")
         assert app.deployments["Model"].status == "HEALTHY"
+
+
+@serve.deployment(placement="inline")
+class SlowStart:
+    """Inline: its constructor (run on a worker thread) waits until ``gate`` is set."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        if not gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+
+    async def __call__(self) -> str:
+        await trio.lowlevel.checkpoint()
+        return "up"
+
+
+async def test_updates_status_shows_deploying_then_updating_while_replicas_start() -> None:
+    """While its replicas are being built, a new application is DEPLOYING; while a rolling
+    update starts new replicas, its deployment is UPDATING; both end RUNNING and HEALTHY."""
+    async with serve.open_serve(http_port=None) as instance, trio.open_nursery() as nursery:
+        first, second = threading.Event(), threading.Event()
+        nursery.start_soon(functools.partial(instance.run, SlowStart.bind(first), name="slow"))
+        await trio.testing.wait_all_tasks_blocked()  # run() waits for the constructor
+        app = (await instance.status()).applications["slow"]
+        assert app.status == "DEPLOYING"
+        first.set()
+        ready = await _wait_for(instance, "slow", "SlowStart", lambda d: d.running_replicas)
+        assert ready.status == "HEALTHY"
+
+        rolled = SlowStart.options(max_ongoing_requests=3).bind(second)
+        nursery.start_soon(functools.partial(instance.run, rolled, name="slow"))
+        await trio.testing.wait_all_tasks_blocked()  # the new replica's constructor waits
+        status = await _deployment(instance, "slow", "SlowStart")
+        assert status.status == "UPDATING"
+        assert status.running_replicas == 1  # the old replica serves meanwhile
+        assert await instance.get_app_handle("slow").remote() == "up"
+        second.set()
+        done = await _wait_for(
+            instance, "slow", "SlowStart", lambda d: d.status == "HEALTHY" and len(d.replicas) == 1
+        )
+        assert done.running_replicas == 1
+        assert (await instance.status()).applications["slow"].status == "RUNNING"
