@@ -66,7 +66,8 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # the results themselves do not make a run dirty: only changes to what is measured do
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     wrk = _which_version_wrk()
     return {
         "cpu_count": os.cpu_count(),
