@@ -450,13 +450,15 @@ class HostSession:
 
     async def _acknowledge(self) -> None:
         upto, gate, self._gate = self._read_upto, self._gate, None
-        try:
-            if upto > self._acked_upto:
+        if upto > self._acked_upto:
+            try:
                 await self.link.send_now(_wire.Received(upto))
-                self._acked_upto = upto
-        finally:
-            if gate is not None:
-                gate.set()  # sent, or the link is gone and its calls are being cancelled
+            except BaseException:  # why: calls the caller never heard of must not run; re-raised
+                self.close()  # cancels every call of this caller, the waiting ones too
+                raise
+            self._acked_upto = upto
+        if gate is not None:
+            gate.set()
 
     def on_envelope(self, env: _wire.Envelope) -> None:
         t = type(env)
