@@ -33,6 +33,11 @@ class Counter:
         me = psutil.Process()
         return me.memory_info().rss, me.num_fds()
 
+    async def tasks(self) -> int:
+        """The Trio tasks running in this replica process (this call's own task included)."""
+        await trio.lowlevel.checkpoint()
+        return count_tasks()
+
 
 def count_tasks() -> int:
     """Every task of this Trio run, found by walking the task tree from the root."""
@@ -73,6 +78,7 @@ async def test_leaks_many_requests_keep_memory_fds_and_tasks_flat() -> None:
         handle = await instance.run(Counter.bind(), name="leaks")
         await send(handle, WARM_UP)
         replica_before = await handle.usage.remote()
+        replica_tasks_before = await handle.tasks.remote()
         driver_before = driver_usage()
         tasks_before = count_tasks()
 
@@ -81,6 +87,7 @@ async def test_leaks_many_requests_keep_memory_fds_and_tasks_flat() -> None:
         elapsed = time.monotonic() - started
 
         replica_after = await handle.usage.remote()
+        replica_tasks_after = await handle.tasks.remote()
         driver_after = driver_usage()
         tasks_after = count_tasks()
     print(
@@ -89,10 +96,12 @@ async def test_leaks_many_requests_keep_memory_fds_and_tasks_flat() -> None:
         f"replica {(replica_after[0] - replica_before[0]) / 2**20:.2f} MiB; "
         f"fds: driver {driver_before[1]} -> {driver_after[1]}, "
         f"replica {replica_before[1]} -> {replica_after[1]}; "
-        f"tasks {tasks_before} -> {tasks_after}"
+        f"tasks: driver {tasks_before} -> {tasks_after}, "
+        f"replica {replica_tasks_before} -> {replica_tasks_after}"
     )
     assert driver_after[0] - driver_before[0] < RSS_GROWTH_LIMIT
     assert replica_after[0] - replica_before[0] < RSS_GROWTH_LIMIT
     assert driver_after[1] == driver_before[1]
     assert replica_after[1] == replica_before[1]
     assert tasks_after == tasks_before
+    assert replica_tasks_after == replica_tasks_before

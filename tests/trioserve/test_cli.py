@@ -226,3 +226,21 @@ def test_cli_run_targets_in_readme_load(monkeypatch: pytest.MonkeyPatch) -> None
     assert targets, "the README shows no `trioserve run` command"
     for target in targets:
         assert isinstance(load_target(target), serve.Application), target
+
+
+def test_cli_load_target_by_module_and_by_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``module:attr`` and ``file.py:attr`` name the same application; a Deployment is bound;
+    a bad target is a clear error."""
+    from trioserve._cli import load_target
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    by_module = load_target("tests.trioserve.http_fixtures:app")
+    by_file = load_target(TARGET)
+    assert isinstance(by_module, serve.Application)
+    assert isinstance(by_file, serve.Application)
+    assert isinstance(load_target("tests.trioserve.http_fixtures:Pid"), serve.Application)
+    with pytest.raises(SystemExit, match="has no attribute 'nothing'"):
+        load_target("tests.trioserve.http_fixtures:nothing")
+    with pytest.raises(SystemExit, match="expected MODULE:ATTRIBUTE"):
+        load_target("no-colon-here")
