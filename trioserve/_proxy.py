@@ -90,20 +90,21 @@ class HTTPProxy:
         if app is None:
             self.requests.inc((("application", ""), ("deployment", ""), ("status", "404")))
             return plain(404, f"no application serves {request.path}\n")
-        labels: Labels = (("application", app), ("deployment", self._controller.app_ingress(app)))
+        handle = self._handle(app)
+        labels: Labels = (("application", app), ("deployment", handle.deployment_name))
         started = trio.current_time()
-        self.ongoing.set(labels, self.ongoing.values.get(labels, 0) + 1)
+        self.ongoing.inc(labels)
         try:
-            reply = await self._forward(app, request)
+            reply = await self._forward(app, handle, request)
         finally:
-            self.ongoing.set(labels, self.ongoing.values[labels] - 1)
+            self.ongoing.inc(labels, -1)
         self.requests.inc((*labels, ("status", str(reply.status))))
         self.latency.observe(labels, trio.current_time() - started)
         return reply
 
-    async def _forward(self, app: str, request: Request) -> HTTPReply:
+    async def _forward(self, app: str, handle: DeploymentHandle, request: Request) -> HTTPReply:
         route_prefix = self._controller.apps[app].route_prefix or "/"
-        stream = self._handle(app).remote(
+        stream = handle.remote(
             request.method,
             request.path,
             request.query_string,
@@ -255,7 +256,7 @@ class HTTPProxy:
             for target_labels, ref in targets:
                 nursery.start_soon(fetch, target_labels, ref)
         for base, snapshot in results:
-            ongoing.set(base, ongoing.values.get(base, 0) + snapshot.get("ongoing", 0))
+            ongoing.inc(base, snapshot.get("ongoing", 0))
             for method, count in snapshot["requests"].items():
                 requests.inc((*base, ("method", method)), count)
             for method, count in snapshot["errors"].items():

@@ -85,6 +85,7 @@ class Replica:
         self.user_config = user_config
         self.metrics = ReplicaMetrics()
         self._asgi: tuple[Any] | None = None
+        self._host: actors.ActorHost | None = None
 
     async def __actor_start__(self) -> None:
         if _context.current_or_none() is None:
@@ -124,8 +125,8 @@ class Replica:
 
     async def serve_metrics(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
-        host = getattr(self, "_host", None)
-        return {**self.metrics.snapshot(), "ongoing": host.ongoing if host is not None else 0}
+        ongoing = self._host.ongoing if self._host is not None else 0
+        return {**self.metrics.snapshot(), "ongoing": ongoing}
 
     # -- HTTP
 
