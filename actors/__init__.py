@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._future import CallFuture as CallFuture
 from ._future import StreamReceiver as StreamReceiver
+from ._groups import unwrap_lone_error as unwrap_lone_error
 from ._host import ActorHost as ActorHost
 from ._host import method_kind as method_kind
 from ._host import push_stream as push_stream
@@ -82,4 +83,5 @@ __all__ = [
     "run_inline_actor",
     "serve_host",
     "serve_links",
+    "unwrap_lone_error",
 ]

@@ -104,8 +104,7 @@ async def open_serve(
     process (no process outlives the block). An error raised in the block comes out of it
     unwrapped (it is the only one the block can end with).
     """
-    lone: BaseException | None = None
-    try:
+    with actors.unwrap_lone_error():
         async with (
             actors.open_actor_system(preload=("trioserve._replica",)) as system,
             trio.open_nursery() as nursery,
@@ -144,10 +143,3 @@ async def open_serve(
                     http_scope.cancel()
                     await controller.shutdown()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # why: a lone error (the body's, or the instance's) is re-raised unwrapped
-        if len(group.exceptions) != 1:
-            raise
-        lone = group.exceptions[0]
-    if lone is not None:
-        raise lone  # outside the handler: its own cause and context stay

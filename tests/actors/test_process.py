@@ -321,3 +321,13 @@ async def test_run_actor_death_tells_calls_it_never_read_from_calls_it_ran() -> 
         with pytest.raises(actors.ActorDiedError) as info:
             await started
         assert not isinstance(info.value, actors.CallNotDeliveredError)
+
+
+def test_unwrap_lone_error_keeps_a_group_of_several() -> None:
+    """A group with one error comes out as that error; a group of several stays a group."""
+    lone = KeyError("alone")
+    with pytest.raises(KeyError) as info, actors.unwrap_lone_error():
+        raise ExceptionGroup("one", [lone])
+    assert info.value is lone
+    with pytest.raises(ExceptionGroup), actors.unwrap_lone_error():
+        raise ExceptionGroup("two", [KeyError("a"), ValueError("b")])

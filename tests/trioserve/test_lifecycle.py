@@ -253,3 +253,12 @@ async def test_lifecycle_replica_failing_to_restart_makes_deployment_unhealthy(
         await _eventually(healthy)
         with trio.fail_after(10):
             assert await handle.pid.remote() != pid
+
+
+async def test_lifecycle_open_serve_reraises_the_blocks_error_as_itself() -> None:
+    """An error raised inside ``open_serve`` comes out unwrapped, with its own cause."""
+    cause = KeyError("the cause")
+    with pytest.raises(LookupError, match="from the block") as info:
+        async with serve.open_serve(http_port=None):
+            raise LookupError("from the block") from cause
+    assert info.value.__cause__ is cause
