@@ -20,12 +20,13 @@ import msgspec
 import psutil
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import open_websocket_url
 
 import actors
 import trioserve as serve
 from actors import _codec, _transport, _wire
 from actors.testing import connected, serving
+from tests.actors.actors_fixtures import wait_closed
 
 TOKEN = "security-test-token-0123456789abcdef"
 TOKEN_HEADER = b"x-actors-token"
@@ -301,16 +302,6 @@ async def test_refused_handshake_closes_the_connection() -> None:
 # -- limits
 
 
-async def _wait_closed(ws: WebSocketConnection) -> ConnectionClosed:
-    """Read (and drop) messages until the peer closes the connection."""
-    with trio.fail_after(TIMEOUT_S):
-        while True:
-            try:
-                await ws.get_message()
-            except ConnectionClosed as exc:
-                return exc
-
-
 async def test_oversized_websocket_message_closes_with_1009() -> None:
     """A message over the listener's max message size closes that connection with 1009; a
     sender whose own limit is smaller gets MessageTooLargeError and keeps its connection."""
@@ -322,7 +313,7 @@ async def test_oversized_websocket_message_closes_with_1009() -> None:
         ) as ws:
             big = _wire.Call(1, "size", _wire.Raw(_codec.encode_args((b"x" * 2 * limit,), {})))
             await ws.send_message(_wire.frame([_wire.encode_envelope(big)]))
-            closed = await _wait_closed(ws)
+            closed = await wait_closed(ws)
             assert closed.reason.code == 1009
         async with connected(address, token=TOKEN, max_message_size=limit) as ref:
             with pytest.raises(actors.MessageTooLargeError):

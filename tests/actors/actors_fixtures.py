@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import psutil
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actors
 
@@ -261,6 +262,16 @@ async def wait_process_gone(proc: psutil.Process, timeout: float = 10) -> None:
     with trio.fail_after(timeout):
         while not process_gone(proc):  # noqa: ASYNC110 -- an OS process has no event to wait on
             await trio.sleep(0.02)  # polling a real process's exit, bounded by the deadline
+
+
+async def wait_closed(ws: WebSocketConnection, timeout: float = 10) -> ConnectionClosed:
+    """Read (and drop) messages until the peer closes the connection (bounded)."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                await ws.get_message()
+            except ConnectionClosed as exc:
+                return exc
 
 
 class ChangeLog:

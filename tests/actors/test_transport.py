@@ -21,7 +21,7 @@ import actors
 from actors import _codec, _wire
 from actors.testing import connected, running_actor, serving
 
-from .actors_fixtures import Worker, worker_spec
+from .actors_fixtures import Worker, wait_closed, worker_spec
 
 TOKEN = "the-instance-token"
 TOKEN_HEADER = b"x-actors-token"
@@ -53,16 +53,6 @@ async def _receive_envelope(ws: WebSocketConnection, call_id: int) -> _wire.Enve
             for env in decoder.decode(message):
                 if getattr(env, "id", None) == call_id:
                     return env
-
-
-async def _wait_closed(ws: WebSocketConnection) -> ConnectionClosed:
-    """Read (and drop) messages until the peer closes the connection."""
-    with trio.fail_after(5):
-        while True:
-            try:
-                await ws.get_message()
-            except ConnectionClosed as exc:
-                return exc
 
 
 async def test_transport_wrong_token_is_refused() -> None:
@@ -152,7 +142,7 @@ async def test_transport_malformed_message_closes_only_that_connection(
         async with connected(address, token=TOKEN) as bystander:
             async with _raw_client(address) as ws:
                 await ws.send_message(garbage)
-                closed = await _wait_closed(ws)
+                closed = await wait_closed(ws)
                 assert closed.reason.code == 1002
                 assert closed.reason.reason
             assert await bystander.call("square", 3) == 9
