@@ -10,11 +10,11 @@ from typing import Any, Literal, TypeVar, overload
 
 import trio
 
-from . import _context
-from ._deployment import Application
-from ._handle import DeploymentHandle, SyncHandle, SyncResponse, check_not_in_loop
+from ._deployment import Application, set_handle_lookup
+from ._handles import context as _context
+from ._handles.handle import DeploymentHandle, SyncHandle, SyncResponse, check_not_in_loop
+from ._handles.response import DeploymentResponse
 from ._instance import ServeInstance, open_serve
-from ._response import DeploymentResponse
 from ._status import ServeStatus
 from .exceptions import RequestTimeoutError
 
@@ -236,6 +236,9 @@ def get_deployment_handle_any_app(
     handle = instance.get_deployment_handle(deployment_name, app_name)
     assert bg.token is not None
     return SyncHandle(handle, bg.token) if sync else handle
+
+
+set_handle_lookup(get_deployment_handle_any_app)
 
 
 # -- get / wait

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from ._config import DeploymentConfig, apply_options
 
 if TYPE_CHECKING:
-    from ._handle import DeploymentHandle, SyncHandle
+    from ._handles.handle import DeploymentHandle, SyncHandle
 
 
 class Deployment:
@@ -46,9 +46,21 @@ class Deployment:
 
     def get_handle(self, sync: bool = True) -> SyncHandle | DeploymentHandle:
         """A handle to this deployment once it is running (in any application)."""
-        from ._api import get_deployment_handle_any_app
+        if _handle_lookup is None:
+            raise RuntimeError("import trioserve before asking for handles")
+        return _handle_lookup(self.name, sync)
 
-        return get_deployment_handle_any_app(self.name, sync=sync)
+
+HandleLookup = Callable[[str, bool], "SyncHandle | DeploymentHandle"]
+# The script API (``_api``, above this module) installs the lookup when it is imported, so
+# this pure module never imports the layer that runs instances.
+_handle_lookup: HandleLookup | None = None
+
+
+def set_handle_lookup(lookup: HandleLookup) -> None:
+    """Install how ``Deployment.get_handle`` finds a running deployment (done by ``_api``)."""
+    global _handle_lookup
+    _handle_lookup = lookup
 
 
 class Application:

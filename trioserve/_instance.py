@@ -9,13 +9,13 @@ import trio
 
 import actors
 
-from . import _context
-from ._controller import Controller
+from ._control.controller import Controller
 from ._deployment import Application
-from ._handle import DeploymentHandle
-from ._http_server import HTTPLimits, HTTPServer
-from ._proxy import HTTPProxy
-from ._router import Router
+from ._handles import context as _context
+from ._handles.handle import DeploymentHandle
+from ._handles.router import Router
+from ._http.proxy import HTTPProxy
+from ._http.server import HTTPLimits, HTTPServer
 from ._status import ServeStatus
 
 SHUTDOWN_TIMEOUT_S = 30.0
@@ -106,7 +106,7 @@ async def open_serve(
     """
     with actors.unwrap_lone_error():
         async with (
-            actors.open_actor_system(preload=("trioserve._replica",)) as system,
+            actors.open_actor_system(preload=("trioserve._replica.replica",)) as system,
             trio.open_nursery() as nursery,
         ):
             controller = Controller(system, nursery)

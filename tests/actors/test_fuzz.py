@@ -24,8 +24,8 @@ from actors import _codec, _wire
 from actors._future import CallFuture
 from actors._ref import RemoteRef
 from actors.testing import connected
-from trioserve._http import Request
-from trioserve._http_server import HTTPReply, plain, serve_http
+from trioserve._replica.http import Request
+from trioserve._http.server import HTTPReply, plain, serve_http
 
 TOKEN = "fuzz-token"
 TOKEN_HEADER = b"x-actors-token"

@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioserve as serve
-from trioserve._autoscaling import LoadWindow, ScalingState, decide_replicas, desired_replicas
+from trioserve._control.autoscaling import (
+    LoadWindow,
+    ScalingState,
+    decide_replicas,
+    desired_replicas,
+)
 
 
 class Plain:

@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioserve._balance import pick_replica
+from trioserve._handles.balance import pick_replica
 
 
 def test_pick_replica_no_replicas_returns_none() -> None:

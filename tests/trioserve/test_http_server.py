@@ -12,8 +12,15 @@ import pytest
 import trio
 import trio.testing
 
-from trioserve._http import Request
-from trioserve._http_server import Handler, HTTPLimits, HTTPReply, HTTPServer, plain, serve_http
+from trioserve._replica.http import Request
+from trioserve._http.server import (
+    Handler,
+    HTTPLimits,
+    HTTPReply,
+    HTTPServer,
+    plain,
+    serve_http,
+)
 
 TIMEOUT_S = 5.0
 

@@ -16,8 +16,8 @@ import trio
 
 import trioserve as serve
 from actors import ActorDiedError, CallCancelledError, CallFuture, RejectedError
-from trioserve._response import DeploymentResponse
-from trioserve._router import Router
+from trioserve._handles.response import DeploymentResponse
+from trioserve._handles.router import Router
 
 from . import serve_fixtures as fx
 

@@ -15,10 +15,10 @@ import trio
 
 from actors import CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
 
-from .exceptions import RequestCancelledError
+from ..exceptions import RequestCancelledError
 
 if TYPE_CHECKING:
-    from ._router import Router
+    from .router import Router
 
 _CONTAINERS = (list, tuple, dict)
 _ANY_RESPONSE: tuple[type, ...] = ()  # set below, once the classes exist

@@ -33,16 +33,16 @@ from actors import (
     StreamReceiver,
 )
 
-from ._balance import pick_replica
-from ._metrics import Histogram
-from ._response import DeploymentResponse, DeploymentResponseGenerator, _Request
-from .exceptions import (
+from .._metrics import Histogram
+from ..exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
     ReplicaDiedError,
     RequestCancelledError,
     RequestTimeoutError,
 )
+from .balance import pick_replica
+from .response import DeploymentResponse, DeploymentResponseGenerator, _Request
 
 REJECT_BACKOFF_S = 0.002
 

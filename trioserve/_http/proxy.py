@@ -12,15 +12,15 @@ import attrs
 import msgspec
 import trio
 
-from ._handle import DeploymentHandle
-from ._http import Request
-from ._http_server import HTTPReply, plain
-from ._metrics import Counter, Gauge, Histogram, Labels, render
-from .exceptions import BackPressureError, DeploymentUnavailableError
+from .._handles.handle import DeploymentHandle
+from .._metrics import Counter, Gauge, Histogram, Labels, render
+from .._replica.http import Request
+from ..exceptions import BackPressureError, DeploymentUnavailableError
+from .server import HTTPReply, plain
 
 if TYPE_CHECKING:
-    from ._controller import Controller
-    from ._instance import ServeInstance
+    from .._control.controller import Controller
+    from .._instance import ServeInstance
 
 METRICS_TIMEOUT_S = 2.0
 

@@ -16,7 +16,7 @@ import attrs
 import h11
 import trio
 
-from ._http import Request
+from .._replica.http import Request
 
 RECEIVE_SIZE = 64 * 1024
 logger = logging.getLogger("trioserve.http")

@@ -15,12 +15,12 @@ import trio
 
 import actors
 
-from ._deployment import Application, replace_apps
-from ._handle import DeploymentHandle
-from ._replica_set import ReplicaSet, first_error
-from ._router import Router
-from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
-from .exceptions import DeploymentFailedError, DeploymentUnavailableError
+from .._deployment import Application, replace_apps
+from .._handles.handle import DeploymentHandle
+from .replica_set import ReplicaSet, first_error
+from .._handles.router import Router
+from .._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
+from ..exceptions import DeploymentFailedError, DeploymentUnavailableError
 
 REPORT_TTL_INTERVALS = 3
 

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from .exceptions import DeploymentUnavailableError
+from ..exceptions import DeploymentUnavailableError
 
 if TYPE_CHECKING:
-    from ._router import Router
+    from .router import Router
 
 
 class ServeContext(Protocol):

@@ -15,7 +15,7 @@ import math
 
 import attrs
 
-from ._config import AutoscalingConfig
+from .._config import AutoscalingConfig
 
 
 class LoadWindow:

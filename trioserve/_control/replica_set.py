@@ -11,11 +11,11 @@ import trio
 
 import actors
 
-from ._autoscaling import LoadWindow, ScalingState, decide_replicas
-from ._config import DeploymentConfig
-from ._deployment import Deployment
-from ._replica import ENV_CONTROLLER, Replica, ReplicaInfo
-from ._ship import ship
+from .autoscaling import LoadWindow, ScalingState, decide_replicas
+from .._config import DeploymentConfig
+from .._deployment import Deployment
+from .._replica.replica import ENV_CONTROLLER, Replica, ReplicaInfo
+from .._ship import ship
 
 REPLICA_MAX_RESTARTS = 10
 REPLICA_RESTART_PERIOD_S = 10.0

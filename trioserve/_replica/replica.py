@@ -19,12 +19,12 @@ import trio
 
 import actors
 
-from . import _context
-from ._asgi import ASGI_ATTR, run_asgi
-from ._http import STREAM_HEAD, Request, chunk_bytes, response_head
-from ._metrics import Histogram
-from ._router import Router
-from ._ship import unship
+from .._handles import context as _context
+from .._handles.router import Router
+from .._metrics import Histogram
+from .._ship import unship
+from .asgi import ASGI_ATTR, run_asgi
+from .http import STREAM_HEAD, Request, chunk_bytes, response_head
 
 ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
 _INTERNAL = {

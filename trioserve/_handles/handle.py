@@ -8,10 +8,10 @@ from typing import Any
 
 import trio
 
-from . import _context
-from ._response import DeploymentResponse, DeploymentResponseGenerator, ResponseWrapper
-from ._router import Router
-from .exceptions import RequestTimeoutError
+from ..exceptions import RequestTimeoutError
+from . import context as _context
+from .response import DeploymentResponse, DeploymentResponseGenerator, ResponseWrapper
+from .router import Router
 
 
 class DeploymentHandle:
