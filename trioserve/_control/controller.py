@@ -8,7 +8,7 @@ routers report for autoscaling, and reports status. The data path never passes t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -17,10 +17,10 @@ import actors
 
 from .._deployment import Application, replace_apps
 from .._handles.handle import DeploymentHandle
-from .replica_set import ReplicaSet, first_error
 from .._handles.router import Router
 from .._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from ..exceptions import DeploymentFailedError, DeploymentUnavailableError
+from .replica_set import ReplicaSet, first_error
 
 REPORT_TTL_INTERVALS = 3
 
@@ -99,11 +99,22 @@ class Controller:
                 f"{sorted(self.deployment_names())}"
             )
             return
+        reason = self._unavailable(replica_set)
+        if reason is not None:
+            router.mark_unavailable(reason)
+            return
         router.update(
             {rid: actor.ref for rid, actor in replica_set.replicas.items()},
             max_ongoing=replica_set.config.max_ongoing_requests,
             max_queued=replica_set.config.max_queued_requests,
         )
+
+    def _unavailable(self, replica_set: ReplicaSet) -> str | None:
+        """Why ``replica_set`` cannot serve at all, or None (requests may wait for it)."""
+        app = self.apps.get(replica_set.app)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            return f"application {app.name!r} failed to deploy: {app.message}"
+        return replica_set.unavailable
 
     def changed(self, replica_set: ReplicaSet) -> None:
         """A replica set's membership or status changed: tell routers and watchers."""
@@ -115,6 +126,9 @@ class Controller:
         replica_set = self.find(key)
         if replica_set is None:
             return {"error": f"no deployment {key[1]!r} in application {key[0]!r}"}
+        reason = self._unavailable(replica_set)
+        if reason is not None:
+            return {"error": reason}
         auto = replica_set.config.autoscaling_config
         return {
             "replicas": [[rid, actor.address] for rid, actor in replica_set.replicas.items()],
@@ -229,7 +243,7 @@ class Controller:
             await self._fail(app_state, exc)
         app_state.status = "RUNNING"
 
-    async def _fail(self, app_state: AppState, exc: Exception) -> None:
+    async def _fail(self, app_state: AppState, exc: Exception) -> NoReturn:
         cause = first_error(exc)
         failed = next(
             (s.name for s in app_state.deployments.values() if s.status == "DEPLOY_FAILED"), "?"
@@ -237,6 +251,8 @@ class Controller:
         app_state.status = "DEPLOY_FAILED"
         app_state.message = f"deployment {failed!r} failed to start: {cause!r}"
         await self._stop_sets(list(app_state.deployments.values()))
+        for replica_set in app_state.deployments.values():
+            self.changed(replica_set)
         raise DeploymentFailedError(app_state.message, deployment=failed) from cause
 
     async def _update(

@@ -11,11 +11,11 @@ import trio
 
 import actors
 
-from .autoscaling import LoadWindow, ScalingState, decide_replicas
 from .._config import DeploymentConfig
 from .._deployment import Deployment
 from .._replica.replica import ENV_CONTROLLER, Replica, ReplicaInfo
 from .._ship import ship
+from .autoscaling import LoadWindow, ScalingState, decide_replicas
 
 REPLICA_MAX_RESTARTS = 10
 REPLICA_RESTART_PERIOD_S = 10.0
@@ -77,6 +77,11 @@ class ReplicaSet:
     changing: trio.Lock = attrs.field(factory=trio.Lock)
     #: replicas whose last restart failed (the supervisor keeps trying)
     failing: set[str] = attrs.field(factory=set)
+    #: why requests cannot be served at all (failed to deploy, or restarting after the
+    #: supervisor gave up); routers fail requests at once while it is set
+    unavailable: str | None = None
+    #: whether :meth:`run` has reported started (its first replicas all ran)
+    started: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -85,38 +90,73 @@ class ReplicaSet:
     # -- running
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Start the replicas, report started, then keep them running.
+
+        When the supervisor gives up (restart intensity exceeded), the deployment is
+        unavailable: routers fail its requests at once, and after a backoff with jitter a
+        new supervisor starts the replicas again, for as long as the deployment exists."""
         self.task_started = True
+        attempt = 0
         try:
             with trio.CancelScope() as scope:
                 self.scope = scope
-                async with actors.open_supervisor(
-                    self.hooks.system,
-                    max_restarts=REPLICA_MAX_RESTARTS,
-                    period_s=REPLICA_RESTART_PERIOD_S,
-                    on_change=self._on_change,
-                    on_restart_failed=self._on_restart_failed,
-                ) as sup:
-                    self.supervisor = sup
+                while True:
                     try:
-                        await self.scale_to(self.config.initial_replicas)
+                        await self._supervise(None if self.started else task_status)
+                        return
                     except Exception as exc:
-                        self.status = "DEPLOY_FAILED"
-                        self.message = f"a replica failed to start: {first_error(exc)!r}"
-                        raise
-                    self.status = "HEALTHY"
-                    self.hooks.changed(self)
-                    task_status.started()
-                    async with trio.open_nursery() as loops:
-                        loops.start_soon(self._autoscale_loop)
-                        loops.start_soon(self._health_loop)
-        except actors.SupervisorGaveUpError as exc:
-            self.status = "UNHEALTHY"
-            self.message = str(exc)
+                        if not _gave_up(exc) or not self.started:
+                            raise  # not a give-up, or it never started: the deploy fails
+                        attempt += 1
+                        self.status = "UNHEALTHY"
+                        self.unavailable = (
+                            f"deployment {self.name!r} is restarting after its replicas "
+                            f"failed repeatedly ({exc})"
+                        )
+                        self.message = self.unavailable
+                        self.replicas.clear()
+                        self.states.clear()
+                        self.hooks.changed(self)
+                        await trio.sleep(restart_backoff_s(attempt, self.rng))
         finally:
             self.replicas.clear()
             self.states.clear()
             self.done.set()
             self.hooks.changed(self)
+
+    async def _supervise(self, task_status: trio.TaskStatus[None] | None) -> None:
+        """One supervisor's life: start ``target`` replicas (the initial count the first
+        time), then run the autoscaling and health loops until cancelled or given up."""
+        async with actors.open_supervisor(
+            self.hooks.system,
+            max_restarts=REPLICA_MAX_RESTARTS,
+            period_s=REPLICA_RESTART_PERIOD_S,
+            on_change=self._on_change,
+            on_restart_failed=self._on_restart_failed,
+        ) as sup:
+            self.supervisor = sup
+            first = task_status is not None
+            try:
+                await self.scale_to(self.config.initial_replicas if first else self.target)
+            except Exception as exc:
+                if not first:
+                    raise _RestartFailedError(
+                        f"replicas failed to start again: {first_error(exc)!r}"
+                    ) from exc
+                self.status = "DEPLOY_FAILED"
+                self.message = f"a replica failed to start: {first_error(exc)!r}"
+                self.unavailable = self.message
+                raise
+            self.status = "HEALTHY"
+            self.unavailable = None
+            self.message = ""
+            self.hooks.changed(self)
+            if task_status is not None:
+                self.started = True
+                task_status.started()
+            async with trio.open_nursery() as loops:
+                loops.start_soon(self._autoscale_loop)
+                loops.start_soon(self._health_loop)
 
     def _on_change(self, replica_id: str, actor: actors.Actor | None) -> None:
         if actor is not None:
@@ -384,6 +424,29 @@ class ReplicaSet:
 
     async def _add_and_record(self, started: list[str]) -> None:
         started.append(await self.add_replica())
+
+
+RESTART_BACKOFF_BASE_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+def restart_backoff_s(attempt: int, rng: random.Random) -> float:
+    """Seconds before restarting a deployment whose supervisor gave up for the
+    ``attempt``-th time in a row: doubling from 1 s up to 30 s, with +-20 % jitter."""
+    base = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_BASE_S * 2.0 ** (attempt - 1))
+    jitter: float = rng.uniform(0.8, 1.2)
+    return base * jitter
+
+
+def _gave_up(exc: BaseException) -> bool:
+    """Whether ``exc`` (maybe inside exception groups) is only the supervisor giving up."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_gave_up(e) for e in exc.exceptions)
+    return isinstance(exc, actors.SupervisorGaveUpError | _RestartFailedError)
+
+
+class _RestartFailedError(Exception):
+    """A deployment restarted after its supervisor gave up could not start its replicas."""
 
 
 def first_error(exc: BaseException) -> BaseException:
