@@ -18,9 +18,19 @@ import actors
 from .._deployment import Application, replace_apps
 from .._handles.handle import DeploymentHandle
 from .._handles.router import Router
-from .._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
+from .._status import (
+    ApplicationState,
+    ApplicationStatus,
+    DeploymentState,
+    DeploymentStatus,
+    ReplicaStatus,
+    ServeStatus,
+    application_transition,
+)
 from ..exceptions import DeploymentFailedError, DeploymentUnavailableError
 from .replica_set import ReplicaSet, first_error
+
+A = ApplicationState
 
 REPORT_TTL_INTERVALS = 3
 
@@ -31,7 +41,9 @@ class AppState:
     ingress: str
     route_prefix: str | None
     deployments: dict[str, ReplicaSet]
-    status: str = "DEPLOYING"
+    status: ApplicationState = attrs.field(
+        default=ApplicationState.DEPLOYING, on_setattr=application_transition
+    )
     message: str = ""
 
 
@@ -112,7 +124,7 @@ class Controller:
     def _unavailable(self, replica_set: ReplicaSet) -> str | None:
         """Why ``replica_set`` cannot serve at all, or None (requests may wait for it)."""
         app = self.apps.get(replica_set.app)
-        if app is not None and app.status == "DEPLOY_FAILED":
+        if app is not None and app.status == A.DEPLOY_FAILED:
             return f"application {app.name!r} failed to deploy: {app.message}"
         return replica_set.unavailable
 
@@ -212,7 +224,7 @@ class Controller:
                 replace_apps(node.kwargs, to_handle),
             )
         existing = self.apps.get(name)
-        if existing is not None and existing.status in ("RUNNING", "UNHEALTHY"):
+        if existing is not None and existing.status in (A.RUNNING, A.UNHEALTHY):
             await self._update(existing, app.deployment.name, route_prefix, wanted)
             return
         if existing is not None:
@@ -241,14 +253,19 @@ class Controller:
                     starting.start_soon(self._nursery.start, replica_set.run)
         except Exception as exc:
             await self._fail(app_state, exc)
-        app_state.status = "RUNNING"
+        app_state.status = A.RUNNING
 
     async def _fail(self, app_state: AppState, exc: Exception) -> NoReturn:
         cause = first_error(exc)
         failed = next(
-            (s.name for s in app_state.deployments.values() if s.status == "DEPLOY_FAILED"), "?"
+            (
+                s.name
+                for s in app_state.deployments.values()
+                if s.status == DeploymentState.DEPLOY_FAILED
+            ),
+            "?",
         )
-        app_state.status = "DEPLOY_FAILED"
+        app_state.status = A.DEPLOY_FAILED
         app_state.message = f"deployment {failed!r} failed to start: {cause!r}"
         await self._stop_sets(list(app_state.deployments.values()))
         for replica_set in app_state.deployments.values():
@@ -262,7 +279,7 @@ class Controller:
         route_prefix: str | None,
         wanted: dict[str, tuple[Any, Any, Any, Any]],
     ) -> None:
-        app_state.status = "DEPLOYING"
+        app_state.status = A.DEPLOYING
         removed = [s for n, s in app_state.deployments.items() if n not in wanted]
         try:
             async with trio.open_nursery() as updating:
@@ -285,7 +302,7 @@ class Controller:
                         updating.start_soon(self._nursery.start, new.run)
         except Exception as exc:
             cause = first_error(exc)
-            app_state.status = "RUNNING"
+            app_state.status = A.RUNNING
             app_state.message = f"update failed, previous version kept: {cause!r}"
             raise DeploymentFailedError(app_state.message, deployment=ingress) from cause
         app_state.ingress = ingress
@@ -295,7 +312,7 @@ class Controller:
         await self._stop_sets(removed)
         for replica_set in removed:
             self._push(replica_set.key)
-        app_state.status = "RUNNING"
+        app_state.status = A.RUNNING
         app_state.message = ""
 
     # -- deleting
@@ -305,7 +322,7 @@ class Controller:
         app = self.apps.get(name)
         if app is None:
             return
-        app.status = "DELETING"
+        app.status = A.DELETING
         await self._stop_sets(list(app.deployments.values()))
         del self.apps[name]
         for key in list(self._routers):
@@ -351,7 +368,7 @@ class Controller:
                 )
             status = app.status
             if status == "RUNNING" and any(d.status == "UNHEALTHY" for d in deployments.values()):
-                status = "UNHEALTHY"
+                status = A.UNHEALTHY
             apps[app.name] = ApplicationStatus(
                 name=app.name,
                 status=status,

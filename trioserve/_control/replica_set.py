@@ -15,12 +15,14 @@ from .._config import DeploymentConfig
 from .._deployment import Deployment
 from .._replica.replica import ENV_CONTROLLER, Replica, ReplicaInfo
 from .._ship import ship
+from .._status import DeploymentState, ReplicaState, deployment_transition
 from .autoscaling import LoadWindow, ScalingState, decide_replicas
 
 REPLICA_MAX_RESTARTS = 10
 REPLICA_RESTART_PERIOD_S = 10.0
 
-STARTING, RUNNING, STOPPING = "STARTING", "RUNNING", "STOPPING"
+STARTING, RUNNING, STOPPING = ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.STOPPING
+D = DeploymentState
 
 
 class Hooks(Protocol):
@@ -57,11 +59,13 @@ class ReplicaSet:
     config: DeploymentConfig
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    status: str = "UPDATING"
+    status: DeploymentState = attrs.field(
+        default=DeploymentState.UPDATING, on_setattr=deployment_transition
+    )
     message: str = ""
     target: int = 0
     replicas: dict[str, actors.Actor] = attrs.field(factory=dict)
-    states: dict[str, str] = attrs.field(factory=dict)
+    states: dict[str, ReplicaState] = attrs.field(factory=dict)
     versions: dict[str, int] = attrs.field(factory=dict)
     version: int = 1
     supervisor: actors.Supervisor | None = None
@@ -108,7 +112,7 @@ class ReplicaSet:
                         if not _gave_up(exc) or not self.started:
                             raise  # not a give-up, or it never started: the deploy fails
                         attempt += 1
-                        self.status = "UNHEALTHY"
+                        self.status = D.UNHEALTHY
                         self.unavailable = (
                             f"deployment {self.name!r} is restarting after its replicas "
                             f"failed repeatedly ({exc})"
@@ -143,11 +147,11 @@ class ReplicaSet:
                     raise _RestartFailedError(
                         f"replicas failed to start again: {first_error(exc)!r}"
                     ) from exc
-                self.status = "DEPLOY_FAILED"
+                self.status = D.DEPLOY_FAILED
                 self.message = f"a replica failed to start: {first_error(exc)!r}"
                 self.unavailable = self.message
                 raise
-            self.status = "HEALTHY"
+            self.status = D.HEALTHY
             self.unavailable = None
             self.message = ""
             self.hooks.changed(self)
@@ -175,12 +179,12 @@ class ReplicaSet:
         """A replica that failed to restart started after all, or was removed."""
         if replica_id in self.failing:
             self.failing.discard(replica_id)
-            if not self.failing and self.status == "UNHEALTHY":
-                self.status, self.message = "HEALTHY", ""
+            if not self.failing and self.status == D.UNHEALTHY:
+                self.status, self.message = D.HEALTHY, ""
 
     def _on_restart_failed(self, replica_id: str, error: BaseException) -> None:
         self.failing.add(replica_id)
-        self.status = "UNHEALTHY"
+        self.status = D.UNHEALTHY
         self.message = f"replica {replica_id} failed to restart: {first_error(error)!r}"
         self.hooks.changed(self)
 
@@ -195,18 +199,18 @@ class ReplicaSet:
         self.target = n
         live = self.live_ids()
         if n > len(live):
-            self.status = "UPSCALING" if live else self.status
+            self.status = D.UPSCALING if live else self.status
             async with trio.open_nursery() as starting:
                 for _ in range(n - len(live)):
                     starting.start_soon(self.add_replica)
         elif n < len(live):
-            self.status = "DOWNSCALING"
+            self.status = D.DOWNSCALING
             victims = sorted(live, key=self._drain_order)[: len(live) - n]
             async with trio.open_nursery() as draining:
                 for rid in victims:
                     draining.start_soon(self.drain_replica, rid)
-        if self.status in ("UPSCALING", "DOWNSCALING"):
-            self.status = "HEALTHY"
+        if self.status in (D.UPSCALING, D.DOWNSCALING):
+            self.status = D.HEALTHY
         self.hooks.changed(self)
 
     def _drain_order(self, replica_id: str) -> tuple[int, int]:
@@ -312,7 +316,7 @@ class ReplicaSet:
                     try:
                         await self.scale_to(wanted)
                     except Exception as exc:
-                        self.status = "UNHEALTHY"
+                        self.status = D.UNHEALTHY
                         self.message = f"could not scale to {wanted}: {first_error(exc)!r}"
                         self.hooks.changed(self)
 
@@ -341,7 +345,7 @@ class ReplicaSet:
             try:
                 await self.replace_replica(replica_id)
             except Exception as exc:
-                self.status = "UNHEALTHY"
+                self.status = D.UNHEALTHY
                 self.message = f"could not replace {replica_id}: {first_error(exc)!r}"
                 self.hooks.changed(self)
 
@@ -365,7 +369,7 @@ class ReplicaSet:
         start and take requests before old ones drain; a failed start keeps the old ones).
         The autoscaler waits while it runs."""
         async with self.changing:
-            self.status = "UPDATING"
+            self.status = D.UPDATING
             self.hooks.changed(self)
             if self.needs_new_replicas(deployment, config, args, kwargs):
                 await self._roll(deployment, config, args, kwargs)
@@ -379,7 +383,7 @@ class ReplicaSet:
                     await self.scale_to(config.initial_replicas)
             self.scaling = ScalingState()
         self.poke()  # the autoscaler reads the (maybe new) autoscaling_config at once
-        self.status = "HEALTHY"
+        self.status = D.HEALTHY
         self.hooks.changed(self)
 
     async def _reconfigure_all(self, user_config: Any) -> None:
@@ -405,7 +409,7 @@ class ReplicaSet:
                 for rid in started:
                     undo.start_soon(self.drain_replica, rid)
             self.deployment, self.config, self.args, self.kwargs, self.version = saved
-            self.status = "HEALTHY"
+            self.status = D.HEALTHY
             self.hooks.changed(self)
             raise
         self.target = count
