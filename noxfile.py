@@ -1,4 +1,5 @@
-"""Sessions: lint, typecheck, tests (3.11-3.13), examples. `nox` runs them all."""
+"""Sessions: lint, typecheck, tests (3.11-3.13, quick tests), slow tests and the 30 s chaos
+soak (once, on 3.11), examples. `nox` runs them all."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "examples"]
+nox.options.sessions = ["lint", "typecheck", "tests", "tests_slow", "soak_short", "examples"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -44,8 +45,23 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
+    """The quick tests on every Python (those marked ``slow`` run once, in tests_slow)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-m", "not slow", "--ignore=tests/soak", *session.posargs)
+
+
+@nox.session(python="3.11")
+def tests_slow(session: nox.Session) -> None:
+    """The tests marked ``slow`` (over 0.25 s: most start real replica processes), once."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow", "--ignore=tests/soak", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak_short(session: nox.Session) -> None:
+    """30 s of chaos under load (tests/soak): replicas killed while traffic runs."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/soak", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 
 REPLICAS = 3
@@ -63,6 +64,7 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> str:
     return data.decode()
 
 
+@pytest.mark.slow
 async def test_driver_death_sigkill_replicas_exit_within_5s(tmp_path: Path) -> None:
     """SIGKILL the driver: every replica process (and any helper it started) is gone within
     5 seconds, without anyone stopping them."""

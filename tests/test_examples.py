@@ -33,6 +33,7 @@ def test_examples_are_found() -> None:
     assert set(EXPECTED_LAST_LINE) <= {p.stem for p in EXAMPLES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path: Path) -> None:
     """The example exits with code 0 within the timeout, and the last line it prints is its

@@ -136,6 +136,7 @@ async def test_token_is_never_in_an_exception_message() -> None:
     assert TOKEN not in text
 
 
+@pytest.mark.slow
 async def test_token_is_never_on_a_command_line() -> None:
     """No process of a serve instance (replicas, helpers) has the token in its argv."""
     async with serve.open_serve(http_port=None) as instance:
@@ -161,6 +162,7 @@ async def test_token_is_never_on_a_command_line() -> None:
 # -- listeners
 
 
+@pytest.mark.slow
 async def test_listeners_bind_loopback_by_default() -> None:
     """Every listening socket of the serve process and of its replicas is on 127.0.0.1."""
     async with serve.open_serve(http_port=0) as instance:
@@ -263,6 +265,7 @@ async def test_pickles_are_not_decoded_before_authentication(tmp_path: Path) -> 
     assert target.exists()
 
 
+@pytest.mark.slow
 async def test_http_proxy_never_unpickles_request_bodies(tmp_path: Path) -> None:
     """Bodies POSTed over HTTP that hold pickles (raw, or in a msgpack pickle extension) reach
     the deployment as bytes; nothing anywhere unpickles them."""
@@ -355,6 +358,7 @@ SLOWLORIS_CLIENTS = 20
 SLOWLORIS_BYTE_INTERVAL_S = 0.5
 
 
+@pytest.mark.slow
 async def test_slowloris_clients_do_not_delay_others() -> None:
     """Clients that trickle their headers one byte every 0.5 s do not stop other clients
     from being answered promptly, and are cut off once ``header_timeout_s`` passes."""

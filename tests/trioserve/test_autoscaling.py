@@ -119,6 +119,7 @@ def _pids(status: serve.DeploymentStatus) -> set[int]:
     return {r.pid for r in status.replicas if r.pid is not None}
 
 
+@pytest.mark.slow
 async def test_autoscaling_scales_up_under_load_and_back_down() -> None:
     """Sustained load adds replica processes up to max_replicas; idle, they are removed."""
     async with serve.open_serve(http_port=None) as instance:
@@ -158,6 +159,7 @@ async def test_autoscaling_scales_up_under_load_and_back_down() -> None:
         assert await handle.remote() in _pids(down)
 
 
+@pytest.mark.slow
 async def test_autoscaling_scales_from_zero_without_losing_first_request() -> None:
     """At zero replicas, requests wait while a replica starts, then get their answers."""
     zero = {**FAST, "min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 0.3}
@@ -181,6 +183,7 @@ async def test_autoscaling_scales_from_zero_without_losing_first_request() -> No
         assert again != pid
 
 
+@pytest.mark.slow
 async def test_autoscaling_counts_load_from_replica_process_handles() -> None:
     """Requests an ingress replica makes through its handle scale the downstream deployment
     (from zero, then up), although the driver never calls it."""

@@ -319,6 +319,7 @@ def test_load_window_ignores_single_spike_but_follows_sustained_load() -> None:
     gaps=st.lists(st.floats(min_value=0.01, max_value=3.0), min_size=80, max_size=80),
     start=st.integers(min_value=1, max_value=6),
 )
+@pytest.mark.slow
 def test_decide_replicas_never_flaps_faster_than_the_delays(
     loads: list[float], gaps: list[float], start: int
 ) -> None:

@@ -144,6 +144,7 @@ async def test_handle_response_cancelled_by_scope_raises_request_cancelled() -> 
         assert await hanger.was_cancelled.remote("k")
 
 
+@pytest.mark.slow
 async def test_handle_get_async_and_wait_async() -> None:
     """``get_async`` gives values; ``wait_async`` splits done/pending without cancelling."""
     async with serve.open_serve(http_port=None) as instance:
@@ -166,6 +167,7 @@ async def test_handle_get_async_and_wait_async() -> None:
         assert await slow == "unblocked"
 
 
+@pytest.mark.slow
 async def test_handle_get_async_timeout_raises() -> None:
     """``serve.get_async(..., timeout_s=)`` raises RequestTimeoutError for a slow request."""
     async with serve.open_serve(http_port=None) as instance:

@@ -108,6 +108,7 @@ async def _replaced_under_load(
     return status, answers, survivor_answers_while_out
 
 
+@pytest.mark.slow
 async def test_health_failing_check_replaces_replica_others_keep_answering() -> None:
     """A replica whose check_health raises is replaced by a new process; the healthy one is
     left alone and keeps answering meanwhile, and no request fails."""
@@ -135,6 +136,7 @@ async def test_health_failing_check_replaces_replica_others_keep_answering() -> 
             assert {await handle.pid.remote() for _ in range(20)} <= after
 
 
+@pytest.mark.slow
 async def test_health_hanging_check_replaces_replica_after_timeout() -> None:
     """A check_health that hangs past health_check_timeout_s gets its replica replaced."""
     async with serve.open_serve(http_port=None) as instance:

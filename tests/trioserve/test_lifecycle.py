@@ -118,6 +118,7 @@ async def test_lifecycle_delete_drains_in_flight_request(tmp_path: Path) -> None
         assert all(_gone(pid) for pid in pids)
 
 
+@pytest.mark.slow
 async def test_lifecycle_killed_replica_fails_fast_and_is_replaced() -> None:
     """A killed replica fails its request with ReplicaDiedError and is replaced."""
     async with serve.open_serve(http_port=None) as instance:
@@ -217,6 +218,7 @@ def _is_stopped(proc: psutil.Process) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+@pytest.mark.slow
 async def test_lifecycle_replica_failing_to_restart_makes_deployment_unhealthy(
     tmp_path: Path,
 ) -> None:

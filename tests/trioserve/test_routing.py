@@ -38,6 +38,7 @@ async def test_routing_balances_over_process_replicas() -> None:
     assert min(counts.values()) >= 30, counts  # each replica gets a real share
 
 
+@pytest.mark.slow
 async def test_routing_never_exceeds_max_ongoing_requests() -> None:
     """Under 10x oversubscription no replica ever runs more than max_ongoing_requests."""
     dep = fx.Concurrency.options(num_replicas=2, max_ongoing_requests=2)

@@ -126,6 +126,7 @@ async def _wait_for(
 # -- reconfigure
 
 
+@pytest.mark.slow
 async def test_updates_user_config_change_reconfigures_every_replica_in_place() -> None:
     """Re-running with a new user_config calls reconfigure on every replica, no restart."""
     async with serve.open_serve(http_port=None) as instance:
@@ -180,6 +181,7 @@ async def test_updates_user_config_reaches_busy_replica() -> None:
         ("class", "v2"),
     ],
 )
+@pytest.mark.slow
 async def test_updates_rolling_update_under_load_fails_no_request(
     change: str, new_version: str
 ) -> None:
@@ -236,6 +238,7 @@ async def test_updates_rolling_update_under_load_fails_no_request(
         assert {pid for _, _, pid in answers} <= old | new
 
 
+@pytest.mark.slow
 async def test_updates_failed_rolling_update_keeps_old_replicas() -> None:
     """A re-run whose new constructor raises fails, and the old replicas keep serving."""
     broken = fx.BrokenInit.options(name="Versioned", num_replicas=2)
@@ -259,6 +262,7 @@ async def test_updates_failed_rolling_update_keeps_old_replicas() -> None:
 # -- graceful drain
 
 
+@pytest.mark.slow
 async def test_updates_scale_down_drains_in_flight_request_and_routes_elsewhere(
     tmp_path: Path,
 ) -> None:
@@ -337,6 +341,7 @@ async def test_updates_shutdown_drains_in_flight_request(tmp_path: Path) -> None
     assert all(_gone(pid) for pid in pids)
 
 
+@pytest.mark.slow
 async def test_updates_request_outliving_grace_period_fails_instead_of_hanging() -> None:
     """A request still running after graceful_shutdown_timeout_s fails with
     ReplicaDiedError when its replica is stopped; it never hangs."""
