@@ -17,6 +17,7 @@ import actors
 
 from .._deployment import Application, replace_apps
 from .._handles.handle import DeploymentHandle
+from .._handles.messages import LoadReport, Membership
 from .._handles.router import Router
 from .._status import (
     ApplicationState,
@@ -134,23 +135,23 @@ class Controller:
         self._changed.set()
         self._changed = trio.Event()
 
-    def membership(self, key: tuple[str, str]) -> dict[str, Any]:
+    def membership(self, key: tuple[str, str]) -> Membership:
         replica_set = self.find(key)
         if replica_set is None:
-            return {"error": f"no deployment {key[1]!r} in application {key[0]!r}"}
+            return Membership(error=f"no deployment {key[1]!r} in application {key[0]!r}")
         reason = self._unavailable(replica_set)
         if reason is not None:
-            return {"error": reason}
+            return Membership(error=reason)
         auto = replica_set.config.autoscaling_config
-        return {
-            "replicas": [[rid, actor.address] for rid, actor in replica_set.replicas.items()],
-            "max_ongoing": replica_set.config.max_ongoing_requests,
-            "max_queued": replica_set.config.max_queued_requests,
-            "report_interval_s": auto.metrics_interval_s if auto is not None else None,
-        }
+        return Membership(
+            replicas=[(rid, actor.address) for rid, actor in replica_set.replicas.items()],
+            max_ongoing=replica_set.config.max_ongoing_requests,
+            max_queued=replica_set.config.max_queued_requests,
+            report_interval_s=auto.metrics_interval_s if auto is not None else None,
+        )
 
-    async def watch(self, app: str, deployment: str) -> AsyncIterator[dict[str, Any]]:
-        last: dict[str, Any] | None = None
+    async def watch(self, app: str, deployment: str) -> AsyncIterator[Membership]:
+        last: Membership | None = None
         while True:
             changed = self._changed
             current = self.membership((app, deployment))
@@ -402,10 +403,10 @@ class ControllerAPI:
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
 
-    async def watch(self, app: str, deployment: str) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, app: str, deployment: str) -> AsyncIterator[Membership]:
         async for update in self._controller.watch(app, deployment):
             yield update
 
-    async def report(self, app: str, deployment: str, router_id: str, load: float) -> None:
+    async def report(self, report: LoadReport) -> None:
         await trio.lowlevel.checkpoint()
-        self._controller.report((app, deployment), router_id, load)
+        self._controller.report((report.app, report.deployment), report.router_id, report.load)

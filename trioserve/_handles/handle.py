@@ -57,6 +57,19 @@ class DeploymentHandle:
             f"method={self.method_name!r})"
         )
 
+    def _key(self) -> tuple[str, str, str, bool]:
+        return (self.deployment_name, self.app_name, self.method_name, self.stream)
+
+    def __eq__(self, other: object) -> bool:
+        """Handles to the same deployment, method and mode are equal (a redeploy whose bind
+        arguments hold the same handles does not restart the replicas holding them)."""
+        if not isinstance(other, DeploymentHandle):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def options(
         self, *, method_name: str | None = None, stream: bool | None = None
     ) -> DeploymentHandle:

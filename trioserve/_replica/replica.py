@@ -1,14 +1,12 @@
-"""The replica: the actor object behind each replica, and a replica process's context.
+"""The replica: the actor object behind each replica.
 
 ``Replica`` builds the user's object (on a worker thread), applies ``user_config`` through
-``reconfigure``, and resolves method names for calls. In a replica process,
-:class:`ReplicaProcessContext` gives the user's handles their routers: it subscribes to the
-controller for membership and keeps one connection per downstream replica.
+``reconfigure``, and resolves method names for calls. The routers of the handles it holds
+come from :class:`~trioserve._replica.process_context.ReplicaProcessContext`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 from collections.abc import Awaitable, Callable
@@ -20,11 +18,11 @@ import trio
 import actors
 
 from .._handles import context as _context
-from .._handles.router import Router
 from .._metrics import Histogram
 from .._ship import unship
 from .asgi import ASGI_ATTR, run_asgi
 from .http import STREAM_HEAD, Request, chunk_bytes, response_head
+from .process_context import ReplicaProcessContext
 
 ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
 _INTERNAL = {
@@ -222,147 +220,3 @@ class Replica:
         if fn is None or not callable(fn):
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
         return fn  # type: ignore[no-any-return]
-
-
-class _Started:
-    def __init__(self, callback: Callable[[Any], None]) -> None:
-        self._callback = callback
-
-    def started(self, value: Any = None) -> None:
-        self._callback(value)
-
-
-class ReplicaProcessContext:
-    """Routers for the handles a replica process holds.
-
-    Tasks (in a system nursery of this process's Trio run, as the context lives as long as
-    the process): the controller connection, one membership watch per deployment called from
-    here, and one connection per downstream replica.
-    """
-
-    def __init__(self, controller_address: str, token: str, *, app: str) -> None:
-        self.trio_token = trio.lowlevel.current_trio_token()
-        #: the application of the replica this process hosts
-        self.app = app
-        self._address = controller_address
-        self._token = token
-        self._routers: dict[tuple[str, str], Router] = {}
-        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
-        self._conns: dict[str, actors.RemoteRef] = {}
-        self._connecting: set[str] = set()
-        self._nursery: trio.Nursery | None = None
-        self._controller: actors.RemoteRef | None = None
-        self._router_id = f"pid{os.getpid()}"
-
-    async def start(self) -> None:
-        ready = trio.Event()
-        error: list[BaseException] = []
-
-        async def run() -> None:
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    self._controller = await nursery.start(
-                        lambda task_status: actors.connect(
-                            self._address,
-                            token=self._token,
-                            name="controller",
-                            task_status=task_status,
-                        )
-                    )
-                    ready.set()
-                    await trio.sleep_forever()
-            except Exception as exc:  # why: reported to start(); a system task must not raise
-                error.append(exc)
-                ready.set()
-
-        trio.lowlevel.spawn_system_task(run)
-        await ready.wait()
-        if error:
-            raise error[0]
-
-    def router(self, app: str, deployment: str) -> Router:
-        key = (app, deployment)
-        router = self._routers.get(key)
-        if router is None:
-            assert self._nursery is not None
-            router = Router(deployment, nursery=self._nursery)
-            router.on_pressure = lambda: self._report_soon(key, router)
-            self._routers[key] = router
-            self._nursery.start_soon(self._watch, key, router)
-            self._nursery.start_soon(self._report_loop, key, router)
-        return router
-
-    # -- load reports, for autoscaling
-
-    def _report_soon(self, key: tuple[str, str], router: Router) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(self._report, key, router)
-
-    async def _report(self, key: tuple[str, str], router: Router) -> None:
-        stats = router.stats()
-        load = stats.queued + stats.resolving + sum(stats.in_flight.values())
-        if self._controller is None or not self._controller.alive:
-            return
-        # an ActorError means the controller is gone; the watch ends this context's routers
-        with trio.move_on_after(5), contextlib.suppress(actors.ActorError):
-            await self._controller.call("report", key[0], key[1], self._router_id, load)
-
-    async def _report_loop(self, key: tuple[str, str], router: Router) -> None:
-        while True:
-            interval = (self._latest.get(key) or {}).get("report_interval_s")
-            await trio.sleep(interval or 1.0)
-            if interval:
-                await self._report(key, router)
-
-    async def _watch(self, key: tuple[str, str], router: Router) -> None:
-        assert self._controller is not None
-        stream = self._controller.submit_stream("watch", key)
-        try:
-            async for update in stream:
-                if update.get("error"):
-                    router.mark_unavailable(update["error"])
-                    continue
-                self._latest[key] = update
-                self._apply(key, router)
-        except actors.ActorError:
-            pass
-        router.mark_unavailable("the serve instance is gone")
-
-    def _apply(self, key: tuple[str, str], router: Router) -> None:
-        update = self._latest.get(key)
-        if update is None:
-            return
-        refs: dict[str, actors.ActorRef] = {}
-        for replica_id, address in update["replicas"]:
-            if address is None:
-                router.mark_unavailable(
-                    f"deployment {key[1]!r} runs inline in the serve process and cannot be "
-                    "called from a replica process; give it placement='process'"
-                )
-                return
-            ref = self._conns.get(address)
-            if ref is not None and ref.alive:
-                refs[replica_id] = ref
-            elif address not in self._connecting:
-                self._connecting.add(address)
-                assert self._nursery is not None
-                self._nursery.start_soon(self._connect, address)
-        router.update(refs, max_ongoing=update["max_ongoing"], max_queued=update["max_queued"])
-
-    async def _connect(self, address: str) -> None:
-        def on_connected(ref: actors.RemoteRef) -> None:
-            self._conns[address] = ref
-            self._connecting.discard(address)
-            for key, router in self._routers.items():
-                self._apply(key, router)
-
-        try:
-            await actors.connect(
-                address, token=self._token, name=address, task_status=_Started(on_connected)
-            )
-        except actors.ActorError:
-            pass  # the replica went away before we reached it; membership will follow
-        finally:
-            self._connecting.discard(address)
-            self._conns.pop(address, None)

@@ -1,0 +1,32 @@
+"""Typed messages that cross process boundaries between routers and the controller.
+
+They are msgspec Structs, so the runtime's codec carries them as their own type; new fields
+get defaults and are only appended.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Membership(msgspec.Struct, frozen=True, kw_only=True):
+    """The replicas of one deployment, pushed by the controller to every router.
+
+    ``replicas`` holds ``(replica_id, address)`` pairs (address None for an inline replica,
+    which processes other than the serve process cannot reach). ``error`` set means the
+    deployment cannot serve at all; routers fail its requests with that reason."""
+
+    replicas: list[tuple[str, str | None]] = []
+    max_ongoing: int = 1
+    max_queued: int = -1
+    report_interval_s: float | None = None
+    error: str | None = None
+
+
+class LoadReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Queued plus in-flight requests one router sees for a deployment (for autoscaling)."""
+
+    app: str
+    deployment: str
+    router_id: str
+    load: float
