@@ -95,6 +95,95 @@ class AutoscalingConfig:
         return cls(**value)
 
 
+def _resource_amount(name: str, value: object) -> float:
+    if not _number(value) or value < 0:  # type: ignore[operator]
+        raise ValueError(f"resources: {name} must be a number >= 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+@attrs.frozen(kw_only=True)
+class Resources:
+    """What one replica reserves on its host. CPUs and memory are counted against the
+    host's capacity; GPUs are granted by id (``CUDA_VISIBLE_DEVICES``): whole numbers get
+    GPUs of their own, a fraction below one shares a GPU. Other names are custom resources
+    the host must declare (``open_serve(resources={...})``)."""
+
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    memory: float = 0.0
+    custom: Mapping[str, float] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_value(cls, value: Resources | Mapping[str, Any] | None) -> Resources:
+        """From ``{"num_cpus": 1, "num_gpus": 0.5, "memory": 2**30, "my_res": 2}`` (Ray's
+        ``resources={...}`` nesting is accepted too); bad amounts raise with the value."""
+        if value is None:
+            return cls()
+        if isinstance(value, Resources):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"resources must be a dict or Resources, got {value!r}")
+        known = {"num_cpus", "num_gpus", "memory"}
+        fields = {k: _resource_amount(k, v) for k, v in value.items() if k in known}
+        custom: dict[str, float] = {}
+        for key, amount in value.items():
+            if key == "resources":
+                if not isinstance(amount, Mapping):
+                    raise TypeError(f"resources['resources'] must be a dict, got {amount!r}")
+                custom.update({str(k): _resource_amount(str(k), v) for k, v in amount.items()})
+            elif key not in known:
+                custom[str(key)] = _resource_amount(str(key), amount)
+        gpus = fields.get("num_gpus", 0.0)
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"num_gpus above 1 must be a whole number, got {gpus!r}")
+        return cls(**fields, custom=custom)
+
+    def is_empty(self) -> bool:
+        return not (self.num_cpus or self.num_gpus or self.memory or any(self.custom.values()))
+
+
+def _to_resources(value: Resources | Mapping[str, Any] | None) -> Resources:
+    return Resources.from_value(value)
+
+
+RAY_ACTOR_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "memory", "resources", "runtime_env"})
+
+
+def from_ray_actor_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Ray's ``ray_actor_options`` as trioserve's own ``resources`` and ``env_vars``."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"ray_actor_options must be a dict, got {options!r}")
+    unknown = sorted(set(options) - RAY_ACTOR_OPTION_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown ray_actor_options key(s) {unknown}; supported: "
+            f"{sorted(RAY_ACTOR_OPTION_KEYS)}"
+        )
+    result: dict[str, Any] = {}
+    resources = {k: options[k] for k in ("num_cpus", "num_gpus", "memory") if k in options}
+    if "resources" in options:
+        resources["resources"] = options["resources"]
+    if resources:
+        result["resources"] = Resources.from_value(resources)
+    runtime_env = options.get("runtime_env") or {}
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"ray_actor_options['runtime_env'] must be a dict, got {runtime_env!r}")
+    extra = sorted(set(runtime_env) - {"env_vars"})
+    if extra:
+        raise ValueError(f"unsupported runtime_env key(s) {extra}; supported: ['env_vars']")
+    if "env_vars" in runtime_env:
+        result["env_vars"] = runtime_env["env_vars"]
+    return result
+
+
+def _env_vars(value: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"env_vars must be a dict of str to str, got {value!r}")
+    return dict(value)
+
+
 def _num_replicas(_inst: object, _attr: object, value: object) -> None:
     if value == "auto":
         return
@@ -133,6 +222,8 @@ class DeploymentConfig:
         default=5.0, validator=_non_negative("graceful_shutdown_timeout_s")
     )
     placement: Placement = attrs.field(default="process", validator=_placement)
+    resources: Resources = attrs.field(factory=Resources, converter=_to_resources)
+    env_vars: Mapping[str, str] = attrs.field(factory=dict, converter=_env_vars)
 
     def __attrs_post_init__(self) -> None:
         if self.num_replicas == "auto" and self.autoscaling_config is None:
@@ -163,6 +254,9 @@ OPTION_NAMES = frozenset(
         "health_check_timeout_s",
         "graceful_shutdown_timeout_s",
         "placement",
+        "resources",
+        "env_vars",
+        "ray_actor_options",
     }
 )
 
@@ -172,7 +266,13 @@ def apply_options(config: DeploymentConfig, options: Mapping[str, Any]) -> Deplo
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown deployment option(s) {unknown}; known: {sorted(OPTION_NAMES)}")
-    changes = {k: v for k, v in options.items() if k != "name"}
+    changes = {k: v for k, v in options.items() if k not in ("name", "ray_actor_options")}
+    if options.get("ray_actor_options") is not None:
+        translated = from_ray_actor_options(options["ray_actor_options"])
+        clash = sorted(set(translated) & set(changes))
+        if clash:
+            raise ValueError(f"give {clash} either directly or in ray_actor_options, not both")
+        changes.update(translated)
     if "autoscaling_config" in changes and changes["autoscaling_config"] is not None:
         changes["autoscaling_config"] = AutoscalingConfig.from_value(changes["autoscaling_config"])
     fixed = changes.get("num_replicas", "auto") != "auto"

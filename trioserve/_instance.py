@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
 import actors
 
 from ._control.controller import Controller
+from ._control.resources import detect_capacity
 from ._deployment import Application
 from ._handles import context as _context
 from ._handles.handle import DeploymentHandle
 from ._handles.router import Router
+from ._http.control import ControlAPI
 from ._http.proxy import HTTPProxy
 from ._http.server import HTTPLimits, HTTPServer
+from ._runtime_file import remove_runtime_file, write_runtime_file
 from ._status import ServeStatus
+
+if TYPE_CHECKING:
+    from ._schema import ApplicationSchema, ServeConfig
 
 SHUTDOWN_TIMEOUT_S = 30.0
 #: on shutdown, how long HTTP requests in flight get to be answered
@@ -34,6 +44,13 @@ class ServeInstance:
         #: the port the HTTP proxy listens on (the bound one when 0 was asked), or None
         self.http_port = http_port
         self.proxy: HTTPProxy | None = None
+        #: the control endpoint's address (``http://host:port``), or None
+        self.control_url: str | None = None
+        #: set when a client asks the instance to stop (``POST /api/shutdown``); whoever
+        #: owns the instance (``trioserve run/start``, ``serve.start``) leaves its block
+        self.shutdown_requested = trio.Event()
+        self._applied: dict[str, ApplicationSchema] = {}
+        self._config: ServeConfig | None = None
 
     @property
     def http_url(self) -> str | None:
@@ -80,7 +97,48 @@ class ServeInstance:
 
     async def delete(self, name: str) -> None:
         """Drain and stop an application's replicas."""
+        self._applied.pop(name, None)
         await self._controller.delete(name)
+
+    # -- config files (the control endpoint and ``trioserve run CONFIG``)
+
+    async def apply(self, config: ServeConfig | dict[str, Any] | str | Path) -> None:
+        """Make the running applications those of ``config`` (a path, a dict or a
+        :class:`ServeConfig`): applications not in it are deleted, changed ones updated in
+        place or rolled as :meth:`run` does, unchanged ones left alone."""
+        from ._schema import ServeConfig, build_app, load_config
+
+        cfg = config if isinstance(config, ServeConfig) else load_config(config)
+        wanted = {app.name: app for app in cfg.applications}
+        for name in list(self._controller.apps):
+            if name not in wanted:
+                await self.delete(name)
+        for app_schema in cfg.applications:
+            if self._applied.get(app_schema.name) == app_schema:
+                continue
+            application = build_app(app_schema)
+            await self.run(application, name=app_schema.name, route_prefix=app_schema.route_prefix)
+            self._applied[app_schema.name] = app_schema
+        self._config = cfg
+
+    def config_in_force(self) -> dict[str, Any]:
+        """The config last applied, with only the applications still running."""
+        if self._config is None:
+            return {"applications": []}
+        apps = [a for a in self._config.applications if a.name in self._applied]
+        result: dict[str, Any] = msgspec.to_builtins(
+            msgspec.structs.replace(self._config, applications=apps)
+        )
+        return result
+
+    def parse_config(self, data: bytes) -> ServeConfig:
+        """A config from the bytes of a request body (JSON or YAML); ValueError if bad."""
+        from ._schema import load_config
+
+        return load_config(data)
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
 
 
 @asynccontextmanager
@@ -91,11 +149,23 @@ async def open_serve(
     request_timeout_s: float | None = None,
     http_limits: HTTPLimits | None = None,
     show_tracebacks: bool = False,
+    control_host: str = "127.0.0.1",
+    control_port: int | None = None,
+    token: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    access_log: bool = False,
 ) -> AsyncIterator[ServeInstance]:
     """Open a serve instance for this block.
 
     ``http_port=None`` runs no HTTP proxy; ``0`` picks a free port (see
     ``instance.http_port``). ``request_timeout_s`` bounds HTTP requests (504 past it).
+    ``control_port`` opens the control endpoint there (``0``: a free port; see
+    ``instance.control_url``), which answers only requests carrying the instance token
+    (``token``, or a new random one), and writes a runtime file so the CLI on this machine
+    finds the token; ``None`` (the default here; the CLI's is 8265) opens none.
+    ``resources`` overrides what the host offers replicas (``num_cpus``, ``num_gpus``,
+    ``memory``, custom names); by default CPUs come from the machine and GPUs from
+    ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi``.
 
     Tasks: the controller, its listener, the HTTP proxy and its connections, every
     deployment's supervisor and replicas, and the routers' timers, in this block's nursery.
@@ -106,10 +176,12 @@ async def open_serve(
     """
     with actors.unwrap_lone_error():
         async with (
-            actors.open_actor_system(preload=("trioserve._replica.replica",)) as system,
+            actors.open_actor_system(
+                preload=("trioserve._replica.replica",), token=token or secrets.token_urlsafe(32)
+            ) as system,
             trio.open_nursery() as nursery,
         ):
-            controller = Controller(system, nursery)
+            controller = Controller(system, nursery, detect_capacity(overrides=resources))
             await nursery.start(controller.serve_api)
             instance = ServeInstance(controller, http_host, http_port)
             http_scope = trio.CancelScope()
@@ -130,12 +202,28 @@ async def open_serve(
                         await server.serve(host=http_host, port=http_port, task_status=task_status)
 
                 instance.http_port = await nursery.start(run_http)
+            runtime_file: Path | None = None
+            if control_port is not None:
+                control = ControlAPI(instance, system.token, nursery)
+                control_server = HTTPServer(control.handle, http_limits)
+
+                async def run_control(task_status: trio.TaskStatus[int]) -> None:
+                    with http_scope:
+                        await control_server.serve(
+                            host=control_host, port=control_port, task_status=task_status
+                        )
+
+                bound = await nursery.start(run_control)
+                instance.control_url = f"http://{control_host}:{bound}"
+                runtime_file = write_runtime_file(bound, instance.control_url, system.token)
             previous = _context.current_or_none()
             _context.set_current(instance)
             try:
                 yield instance
             finally:
                 _context.set_current(previous)
+                if runtime_file is not None:
+                    remove_runtime_file(runtime_file)
                 with trio.CancelScope(shield=True) as cleanup:  # why: drain and reap, bounded
                     cleanup.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
                     if server is not None:

@@ -39,6 +39,7 @@ class DeploymentState(enum.StrEnum):
 class ReplicaState(enum.StrEnum):
     """Where one replica is, as its deployment sees it."""
 
+    PENDING = "PENDING"  # waiting for resources (the deployment's message says which)
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     STOPPING = "STOPPING"

@@ -30,6 +30,7 @@ from .._status import (
 )
 from ..exceptions import DeploymentFailedError, DeploymentUnavailableError
 from .replica_set import ReplicaSet, first_error
+from .resources import Capacity, Ledger, detect_capacity
 
 A = ApplicationState
 
@@ -55,8 +56,13 @@ class Controller:
     all in ``nursery``.
     """
 
-    def __init__(self, system: actors.ActorSystem, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, system: actors.ActorSystem, nursery: trio.Nursery, capacity: Capacity | None = None
+    ) -> None:
         self.system = system
+        #: what this host offers, and what each replica holds of it
+        self.ledger = Ledger(capacity or detect_capacity())
+        self._capacity_freed = trio.Event()
         self._nursery = nursery
         self.apps: dict[str, AppState] = {}
         self._routers: dict[tuple[str, str], Router] = {}
@@ -75,6 +81,14 @@ class Controller:
             )
             self.address = f"ws://{bound}:{port}"
             task_status.started(self.address)
+
+    def capacity_freed(self) -> None:
+        """Resources were given back: pending replicas try again."""
+        self._capacity_freed.set()
+        self._capacity_freed = trio.Event()
+
+    async def wait_capacity_freed(self) -> None:
+        await self._capacity_freed.wait()
 
     @property
     def routers(self) -> dict[tuple[str, str], Router]:

@@ -17,11 +17,14 @@ from .._replica.replica import ENV_CONTROLLER, Replica, ReplicaInfo
 from .._ship import ship
 from .._status import DeploymentState, ReplicaState, deployment_transition
 from .autoscaling import LoadWindow, ScalingState, decide_replicas
+from .resources import Grant, Ledger
 
 REPLICA_MAX_RESTARTS = 10
 REPLICA_RESTART_PERIOD_S = 10.0
 
-STARTING, RUNNING, STOPPING = ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.STOPPING
+PENDING, STARTING = ReplicaState.PENDING, ReplicaState.STARTING
+RUNNING, STOPPING = ReplicaState.RUNNING, ReplicaState.STOPPING
+ENV_GPUS = "CUDA_VISIBLE_DEVICES"
 D = DeploymentState
 
 
@@ -30,6 +33,11 @@ class Hooks(Protocol):
 
     address: str
     system: actors.ActorSystem
+    ledger: Ledger
+
+    async def wait_capacity_freed(self) -> None: ...
+
+    def capacity_freed(self) -> None: ...
 
     def changed(self, replica_set: ReplicaSet) -> None: ...
 
@@ -124,7 +132,8 @@ class ReplicaSet:
                         await trio.sleep(restart_backoff_s(attempt, self.rng))
         finally:
             self.replicas.clear()
-            self.states.clear()
+            for replica_id in list(self.states):
+                self._forget(replica_id)
             self.done.set()
             self.hooks.changed(self)
 
@@ -191,7 +200,7 @@ class ReplicaSet:
     # -- scaling
 
     def live_ids(self) -> list[str]:
-        return [rid for rid, st in self.states.items() if st in (STARTING, RUNNING)]
+        return [rid for rid, st in self.states.items() if st in (PENDING, STARTING, RUNNING)]
 
     async def scale_to(self, n: int) -> None:
         """Start or drain replicas until ``n`` are live; a replica that fails to start
@@ -238,25 +247,60 @@ class ReplicaSet:
             grace_s=self.config.graceful_shutdown_timeout_s,
             env={ENV_CONTROLLER: self.hooks.address},
         )
-        self.states[replica_id] = STARTING
+        self.states[replica_id] = PENDING
         self.versions[replica_id] = self.version
         try:
+            grant = await self._reserve(replica_id)
+            env = {**self.config.env_vars, ENV_CONTROLLER: self.hooks.address}
+            if self.hooks.ledger.capacity.gpu_ids or grant.gpu_ids:
+                env[ENV_GPUS] = ",".join(grant.gpu_ids)
+            spec = attrs.evolve(spec, env=env)
+            self.states[replica_id] = STARTING
+            self.hooks.changed(self)
             await self.supervisor.start_child(actors.ChildSpec(id=replica_id, actor=spec))
+        except _WithdrawnError:
+            return replica_id  # drained while pending: nothing started, nothing to undo
         except BaseException:  # why: forget a replica that never started; re-raised
-            self.states.pop(replica_id, None)
-            self.versions.pop(replica_id, None)
+            self._forget(replica_id)
             raise
         return replica_id
 
+    def _grant_key(self, replica_id: str) -> str:
+        return f"{self.app}/{replica_id}"
+
+    async def _reserve(self, replica_id: str) -> Grant:
+        """Wait until the host can grant this deployment's resources to ``replica_id``."""
+        resources = self.config.resources
+        while True:
+            if self.states.get(replica_id) != PENDING:
+                raise _WithdrawnError(f"replica {replica_id} was drained before it started")
+            result = self.hooks.ledger.grant(self._grant_key(replica_id), resources)
+            if isinstance(result, Grant):
+                if self.message.startswith("replica ") and "pending" in self.message:
+                    self.message = ""
+                return result
+            self.message = f"replica {replica_id} pending: {result.describe()}"
+            self.hooks.changed(self)
+            await self.hooks.wait_capacity_freed()
+
+    def _forget(self, replica_id: str) -> None:
+        """A replica is gone for good: drop its state and give back its resources."""
+        self.states.pop(replica_id, None)
+        self.versions.pop(replica_id, None)
+        self.hooks.ledger.release(self._grant_key(replica_id))
+        self.hooks.capacity_freed()
+
     async def drain_replica(self, replica_id: str) -> None:
         """Leave every router's membership, finish in-flight requests, then stop."""
+        was_pending = self.states.get(replica_id) == PENDING
         self.states[replica_id] = STOPPING
         self.replicas.pop(replica_id, None)
         self.hooks.changed(self)
-        if self.supervisor is not None:
+        if was_pending:
+            self.hooks.capacity_freed()  # wakes its reservation, which gives up
+        elif self.supervisor is not None:
             await self.supervisor.stop_child_gracefully(replica_id)
-        self.states.pop(replica_id, None)
-        self.versions.pop(replica_id, None)
+        self._forget(replica_id)
         self._not_failing(replica_id)
 
     async def replace_replica(self, replica_id: str) -> None:
@@ -268,8 +312,7 @@ class ReplicaSet:
         self.hooks.changed(self)
         if self.supervisor is not None:
             await self.supervisor.terminate_child(replica_id)
-        self.states.pop(replica_id, None)
-        self.versions.pop(replica_id, None)
+        self._forget(replica_id)
         await self.add_replica()
 
     async def stop(self) -> None:
@@ -447,6 +490,10 @@ def _gave_up(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_gave_up(e) for e in exc.exceptions)
     return isinstance(exc, actors.SupervisorGaveUpError | _RestartFailedError)
+
+
+class _WithdrawnError(Exception):
+    """A pending replica was drained before it got its resources."""
 
 
 class _RestartFailedError(Exception):

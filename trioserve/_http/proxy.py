@@ -192,8 +192,8 @@ class HTTPProxy:
         for app_state in self._controller.apps.values():
             for state in app_state.deployments.values():
                 labels = (("application", app_state.name), ("deployment", state.name))
-                by_state = collections.Counter(state.states.values())
-                for replica_state in ("STARTING", "RUNNING", "STOPPING"):
+                by_state = collections.Counter(str(s) for s in state.states.values())
+                for replica_state in ("PENDING", "STARTING", "RUNNING", "STOPPING"):
                     replicas_gauge.set((*labels, ("state", replica_state)), by_state[replica_state])
         (
             replica_requests,
