@@ -18,6 +18,7 @@ TIMEOUT_S = 120
 
 #: the last line each example prints once all of its own assertions have passed
 EXPECTED_LAST_LINE = {
+    "config_file": "config file: 2 applications deployed from serve_config.yaml",
     "async_handle": "async handle: 7 requests dispatched to large and small models",
     "get_handle": "get handle: Hello Alice! / Hello Bob!",
     "handle_chain": "handle chain: well, hello Serve",

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -23,10 +23,8 @@ from ._http.control import ControlAPI
 from ._http.proxy import HTTPProxy
 from ._http.server import HTTPLimits, HTTPServer
 from ._runtime_file import remove_runtime_file, write_runtime_file
+from ._schema import ApplicationSchema, ServeConfig, build_app, load_config
 from ._status import ServeStatus
-
-if TYPE_CHECKING:
-    from ._schema import ApplicationSchema, ServeConfig
 
 SHUTDOWN_TIMEOUT_S = 30.0
 #: on shutdown, how long HTTP requests in flight get to be answered
@@ -106,8 +104,6 @@ class ServeInstance:
         """Make the running applications those of ``config`` (a path, a dict or a
         :class:`ServeConfig`): applications not in it are deleted, changed ones updated in
         place or rolled as :meth:`run` does, unchanged ones left alone."""
-        from ._schema import ServeConfig, build_app, load_config
-
         cfg = config if isinstance(config, ServeConfig) else load_config(config)
         wanted = {app.name: app for app in cfg.applications}
         for name in list(self._controller.apps):
@@ -133,8 +129,6 @@ class ServeInstance:
 
     def parse_config(self, data: bytes) -> ServeConfig:
         """A config from the bytes of a request body (JSON or YAML); ValueError if bad."""
-        from ._schema import load_config
-
         return load_config(data)
 
     def request_shutdown(self) -> None:
@@ -203,12 +197,13 @@ async def open_serve(
 
                 instance.http_port = await nursery.start(run_http)
             runtime_file: Path | None = None
+            control_scope = trio.CancelScope()
             if control_port is not None:
                 control = ControlAPI(instance, system.token, nursery)
                 control_server = HTTPServer(control.handle, http_limits)
 
                 async def run_control(task_status: trio.TaskStatus[int]) -> None:
-                    with http_scope:
+                    with control_scope:
                         await control_server.serve(
                             host=control_host, port=control_port, task_status=task_status
                         )
@@ -229,5 +224,6 @@ async def open_serve(
                     if server is not None:
                         await server.drain(HTTP_DRAIN_TIMEOUT_S)
                     http_scope.cancel()
+                    control_scope.cancel()
                     await controller.shutdown()
                 nursery.cancel_scope.cancel()

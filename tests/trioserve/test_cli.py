@@ -54,7 +54,7 @@ async def open_cli_run(*options: str) -> AsyncIterator[RunningCLI]:
     must stop it. Its output (stdout and stderr) is collected all along."""
     port = free_port()
     process = await trio.lowlevel.open_process(
-        [*CLI, "run", TARGET, "--port", str(port), *options],
+        [*CLI, "run", TARGET, "--port", str(port), "--control-port", "-1", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=REPO,
