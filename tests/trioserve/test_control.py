@@ -34,7 +34,8 @@ async def open_controlled(
     """An instance with a control endpoint, an authorized control client, an HTTP client."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     async with serve.open_serve(http_port=0, control_port=0) as instance:
-        assert instance.control_url is not None and instance.http_url is not None
+        assert instance.control_url is not None
+        assert instance.http_url is not None
         port = int(instance.control_url.rpartition(":")[2])
         record = read_runtime_file(port, tmp_path / "trioserve")
         assert record is not None
@@ -66,7 +67,7 @@ async def test_control_refuses_requests_without_the_token(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """No token, a wrong token, or another scheme: 401 on every route, and nothing changes."""
-    async with open_controlled(monkeypatch, tmp_path) as (instance, ctl, _):
+    async with open_controlled(monkeypatch, tmp_path) as (instance, _ctl, _):
         url = instance.control_url
         assert url is not None
         async with httpx.AsyncClient(base_url=url, timeout=10) as anon:
@@ -140,7 +141,8 @@ async def test_control_put_adds_updates_in_place_rolls_and_deletes(
         rolled = {**GREETER, "import_path": f"{APPS}:build_greeter", "args": {"greeting": "yo"}}
         await _apply(ctl, _config(rolled))
         answer = (await http.get("/greet")).json()
-        assert answer["greeting"] == "yo" and answer["pid"] != first["pid"]
+        assert answer["greeting"] == "yo"
+        assert answer["pid"] != first["pid"]
 
         config = (await ctl.get("/api/applications")).json()
         assert [a["name"] for a in config["applications"]] == ["greet"]
