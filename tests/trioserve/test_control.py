@@ -90,11 +90,13 @@ async def test_control_token_of_another_instance_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Two instances have different tokens: one's token opens nothing on the other."""
-    async with open_controlled(monkeypatch, tmp_path) as (_, ctl, _http):
-        async with serve.open_serve(http_port=None, control_port=0) as other:
-            assert other.control_url is not None
-            answer = await ctl.get(other.control_url + "/api/status")
-            assert answer.status_code == 401
+    async with (
+        open_controlled(monkeypatch, tmp_path) as (_, ctl, _http),
+        serve.open_serve(http_port=None, control_port=0) as other,
+    ):
+        assert other.control_url is not None
+        answer = await ctl.get(other.control_url + "/api/status")
+        assert answer.status_code == 401
 
 
 async def test_control_runtime_file_private_and_removed_at_exit(
