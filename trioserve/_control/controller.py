@@ -192,8 +192,7 @@ class Controller:
         total = 0.0
         router = self._routers.get(key)
         if router is not None:
-            stats = router.stats()
-            total += stats.queued + stats.resolving + sum(stats.in_flight.values())
+            total += router.stats().load
         auto = replica_set.config.autoscaling_config
         ttl = (auto.metrics_interval_s if auto else 10.0) * REPORT_TTL_INTERVALS
         now = trio.current_time()

@@ -55,13 +55,18 @@ class ReplicaSlot:
     blocked_until: float = 0.0
 
 
-@attrs.define
+@attrs.frozen(kw_only=True)
 class RouterStats:
+    """What one router holds for its deployment right now."""
+
     queued: int
     resolving: int
     in_flight: dict[str, int]
-    requests: dict[str, int]
-    errors: dict[str, int]
+
+    @property
+    def load(self) -> int:
+        """Queued, waiting for chained arguments, or in flight: what autoscaling counts."""
+        return self.queued + self.resolving + sum(self.in_flight.values())
 
 
 class Router:
@@ -140,8 +145,6 @@ class Router:
             queued=sum(1 for r in self._queue if not r.done()),
             resolving=self.resolving,
             in_flight={s.replica_id: s.in_flight for s in self._slots},
-            requests=dict(self.requests),
-            errors=dict(self.errors),
         )
 
     # -- requests

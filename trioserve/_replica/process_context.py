@@ -99,8 +99,7 @@ class ReplicaProcessContext:
         self._nursery.start_soon(self._report, key, router)
 
     async def _report(self, key: tuple[str, str], router: Router) -> None:
-        stats = router.stats()
-        load = stats.queued + stats.resolving + sum(stats.in_flight.values())
+        load = router.stats().load
         if self._controller is None or not self._controller.alive:
             return
         # an ActorError means the controller is gone; the watch ends this context's routers
