@@ -38,6 +38,7 @@ from .exceptions import ActorError as ActorError
 from .exceptions import AuthenticationError as AuthenticationError
 from .exceptions import CallCancelledError as CallCancelledError
 from .exceptions import CallNotDeliveredError as CallNotDeliveredError
+from .exceptions import ConnectTimeoutError as ConnectTimeoutError
 from .exceptions import DeadlineExceededError as DeadlineExceededError
 from .exceptions import MessageTooLargeError as MessageTooLargeError
 from .exceptions import ProtocolError as ProtocolError
@@ -62,6 +63,7 @@ __all__ = [
     "CallFuture",
     "CallNotDeliveredError",
     "ChildSpec",
+    "ConnectTimeoutError",
     "DeadlineExceededError",
     "InlineRef",
     "MessageTooLargeError",

@@ -1,15 +1,20 @@
 """The child side of a process actor: ``python -m actors._child``.
 
-It reads its parent's address and the instance token from its environment, connects back,
-says hello, receives its spec, builds the object, serves calls on its own listener and
-reports the address. It exits when told to stop, or at once when the control link to its
-parent goes away (the parent died, even by SIGKILL).
+It reads its parent's address and the instance token from its environment (and removes
+the token from it at once: processes that user code starts do not inherit it), connects
+back, says hello, receives its spec, builds the object, serves calls on its own listener
+and reports the address. It exits when told to stop, or at once when the control link to
+its parent goes away (the parent died, even by SIGKILL). A watchdog thread ends it too,
+within ``PARENT_POLL_S + PARENT_GONE_GRACE_S`` of its parent's death, even while user code
+blocks its Trio loop.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 import cloudpickle
@@ -20,10 +25,16 @@ from . import _codec, _wire
 from ._host import ActorHost
 from ._inline import build_object
 from ._link import Link
-from ._process import ENV_CHILD_ID, ENV_PARENT, ENV_TOKEN
-from ._serve import serve_host
+from ._process import ENV_CHILD_ID, ENV_PARENT, ENV_PARENT_PID
+from ._serve import serve_host, take_token_from_environment
 from ._spec import ActorSpec
 from ._transport import open_raw_link
+
+#: how often the watchdog thread checks that the parent process is still there
+PARENT_POLL_S = 0.25
+#: once the parent is gone, how long the Trio loop gets to end the child by itself before
+#: the watchdog ends it
+PARENT_GONE_GRACE_S = 1.0
 
 
 async def _serve_object(
@@ -39,6 +50,7 @@ async def _serve_object(
                     bind=bind_host,
                     port=0,
                     max_message_size=spec.max_message_size,
+                    max_connections=spec.max_connections,
                     task_status=task_status,
                 )
             )
@@ -111,13 +123,26 @@ async def _run_child(control: Link, inbox: Any, token: str, child_id: str) -> in
     return 0
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Thread: end the process once its parent is gone. It does not depend on the Trio loop,
+    which user code may block (``time.sleep`` in an ``async def``)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)  # a thread of its own: nothing to wait on but the clock
+    time.sleep(PARENT_GONE_GRACE_S)
+    os._exit(1)
+
+
 def main() -> None:
-    token = os.environ.get(ENV_TOKEN, "")
-    parent = os.environ.get(ENV_PARENT, "")
+    token = take_token_from_environment()
+    parent = os.environ.pop(ENV_PARENT, "")
     child_id = os.environ.pop(ENV_CHILD_ID, "")
+    parent_pid = int(os.environ.pop(ENV_PARENT_PID, "") or os.getppid())
     if not (token and parent and child_id):
         print("actors._child is started by an actor system, not by hand", file=sys.stderr)
         os._exit(2)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="actors-parent-watch", daemon=True
+    ).start()
     code = 1
     try:
         code = trio.run(_main, token, parent, child_id)

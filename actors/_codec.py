@@ -76,7 +76,9 @@ def decode_value(data: bytes | msgspec.Raw, *, allow_pickle: bool = True) -> Any
     """Decode one payload; raises for malformed data (the caller fails just that call)."""
     try:
         return (_trusted if allow_pickle else _untrusted).decode(data)
-    except (RecursionError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise msgspec.DecodeError("malformed payload: nested too deeply to decode") from None
+    except UnicodeDecodeError as exc:
         raise msgspec.DecodeError(f"malformed payload: {exc!r}") from None
 
 

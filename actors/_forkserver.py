@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,9 @@ from .exceptions import SpawnError
 ENV_FDS = "ACTORS_ZYGOTE_FDS"
 ENV_PRELOAD = "ACTORS_PRELOAD"
 REPORT_WAIT_S = 1.0
+#: at shutdown, how long the zygote gets to reap its children (it kills those still running
+#: after its ``ORPHAN_GRACE_S``) and exit, before it is killed
+ZYGOTE_EXIT_WAIT_S = 5.0
 
 
 def fork_supported() -> bool:
@@ -78,9 +82,14 @@ class ForkedProcess:
 class ForkServer:
     """Starts the zygote and asks it for children.
 
-    Tasks: the zygote's reader and one exit watcher per child, in the nursery given to
-    :meth:`run` (the actor system's). Cancelling ``run`` closes the request pipe, which ends
-    the zygote.
+    Tasks: the zygote's reader, the writer of kill requests, and one exit watcher per
+    child, in the nursery given to :meth:`run` (the actor system's). Cancelling ``run``
+    closes the request pipe, which ends the zygote (bounded by ``ZYGOTE_EXIT_WAIT_S``, then
+    it is killed).
+
+    Every child is someone's from the moment it exists: the zygote's until :meth:`fork`
+    returns it, its caller's after. A child that :meth:`fork` cannot hand over (its caller
+    was cancelled, or watching it failed) is killed by the zygote.
     """
 
     def __init__(self, env: Mapping[str, str], preload: Sequence[str]) -> None:
@@ -92,6 +101,7 @@ class ForkServer:
         self._children: dict[int, ForkedProcess] = {}
         self._early: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
+        self._doomed_send, self._doomed = trio.open_memory_channel[int](math.inf)
         self.pid: int | None = None
         #: why the zygote can take no more requests ("" while it can)
         self.gone = ""
@@ -117,19 +127,40 @@ class ForkServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._writer = writer
+                nursery.start_soon(self._kill_doomed, writer)
                 task_status.started()
                 await self._read(reader)
                 self._lost("the fork server exited")
+                self._doomed_send.close()  # ends the kill requests' writer
         finally:
             self._lost("the fork server stopped")
             self._writer = None
             with trio.CancelScope(shield=True) as cleanup:  # why: the zygote must end
-                cleanup.deadline = trio.current_time() + 2
+                cleanup.deadline = trio.current_time() + ZYGOTE_EXIT_WAIT_S
                 await writer.aclose()
                 await reader.aclose()
-                await proc.wait()
+                await proc.wait()  # it reaps its children first
             if proc.returncode is None:
                 proc.kill()
+                with trio.CancelScope(shield=True) as reaping:  # why: reap what we killed
+                    reaping.deadline = trio.current_time() + 1
+                    await proc.wait()
+
+    def _doom(self, pid: int) -> None:
+        """Have the zygote kill its child ``pid``, which nobody else will take charge of.
+        (Once the zygote is gone, its children end by themselves: see ``actors._child``.)"""
+        with contextlib.suppress(trio.ClosedResourceError):
+            self._doomed_send.send_nowait(pid)
+
+    async def _kill_doomed(self, writer: trio.lowlevel.FdStream) -> None:
+        """Task: pass kill requests to the zygote (if it is gone, so are its children)."""
+        async for pid in self._doomed:
+            line = json.dumps({"kill": pid}).encode() + b"\n"
+            try:
+                async with self._lock:
+                    await writer.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def _read(self, reader: trio.lowlevel.FdStream) -> None:
         buffer = b""
@@ -157,6 +188,8 @@ class ForkServer:
             if waiter is not None:
                 waiter[1].append(int(value))
                 waiter[0].set()
+            else:
+                self._doom(int(value))  # its spawn was cancelled while the zygote forked
         elif kind == "exit":
             child = self._children.pop(int(key), None)
             if child is not None:
@@ -179,10 +212,20 @@ class ForkServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._waiting.pop(child_id, None)
             raise SpawnError(self.gone or "the fork server exited") from None
-        await got.wait()
+        try:
+            await got.wait()
+        except BaseException:  # why: a cancelled spawn must not leave a child; re-raised
+            self._waiting.pop(child_id, None)
+            if pid_box:
+                self._doom(pid_box[0])
+            raise
         if not pid_box:
             raise SpawnError(f"{self.gone} before forking the child (its stderr says why)")
-        child = ForkedProcess(pid_box[0])
+        try:
+            child = ForkedProcess(pid_box[0])
+        except OSError as exc:  # e.g. EMFILE from pidfd_open: we could not watch it
+            self._doom(pid_box[0])
+            raise SpawnError(f"cannot watch the new child process: {exc!r}") from exc
         early = self._early.pop(child.pid, None)
         if early is not None:
             child.reported(early)

@@ -193,6 +193,8 @@ class Link:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
+                if self.closed:  # closed before it ran
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._watch, self._reader, nursery)
                 nursery.start_soon(self._watch, self._writer, nursery)
                 nursery.start_soon(self._watch, self._heartbeat, nursery)

@@ -35,7 +35,17 @@ from ._transport import connect, serve_links
 from .exceptions import SpawnError
 
 ENV_PARENT = "ACTORS_PARENT"
-__all__ = ["ENV_CHILD_ID", "ENV_PARENT", "ENV_TOKEN", "ActorSystem", "open_actor_system"]
+#: the PID of the child's parent process (the zygote's, for forked children): the child's
+#: watchdog ends it when its parent changes
+ENV_PARENT_PID = "ACTORS_PARENT_PID"
+__all__ = [
+    "ENV_CHILD_ID",
+    "ENV_PARENT",
+    "ENV_PARENT_PID",
+    "ENV_TOKEN",
+    "ActorSystem",
+    "open_actor_system",
+]
 ENV_CHILD_ID = "ACTORS_CHILD_ID"
 START_TIMEOUT_S = 60.0
 TERM_TIMEOUT_S = 2.0
@@ -100,6 +110,7 @@ class ActorSystem:
             return await self._forkserver.fork(child_id, child_env)
         env = {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address}
         env.update(child_env)
+        env[ENV_PARENT_PID] = str(os.getpid())
         return await trio.lowlevel.open_process(
             [sys.executable, "-P", "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
         )

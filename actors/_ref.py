@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Protocol
 
+import trio
+
 from . import _codec, _wire
 from ._future import CallFuture, StreamReceiver
 from ._link import Link
@@ -21,6 +23,9 @@ from .exceptions import (
 )
 
 STREAM_WINDOW = 16
+#: how long ``RemoteRef.aclose()`` waits for the socket to be closed (the link's close
+#: handshake is bounded by 1 s, the websocket's by 2 s)
+CLOSE_TIMEOUT_S = 5.0
 
 
 class ActorRef(Protocol):
@@ -57,6 +62,8 @@ class RemoteRef:
 
     Created by :func:`actors.connect` (which owns the connection's tasks). When the
     connection is lost, every pending call fails with :class:`ActorDiedError` at once.
+    ``await ref.aclose()`` closes the connection (its socket too) when it is no longer
+    needed, e.g. when the actor has left.
     """
 
     def __init__(self, name: str) -> None:
@@ -67,9 +74,26 @@ class RemoteRef:
         self.link: Link | None = None
         #: every call with an id up to this one has been read by the actor
         self.received_upto = 0
+        self._detached = trio.Event()
 
     def attach(self, link: Link) -> None:
         self.link = link
+
+    def detach(self) -> None:
+        """Called by the connection's owner once its socket is closed."""
+        self._detached.set()
+
+    async def aclose(self) -> None:
+        """Close the connection: pending calls fail with :class:`ActorDiedError` (or
+        :class:`CallNotDeliveredError`), and this returns once the socket is closed
+        (bounded: the close handshake waits at most ``DISCONNECT_TIMEOUT_S`` for the
+        peer). Idempotent; a no-op for a reference that was never connected."""
+        if self.link is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self.link.close("closed by its owner")
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._detached.wait()
 
     @property
     def alive(self) -> bool:

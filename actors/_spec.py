@@ -10,6 +10,7 @@ import trio
 
 from ._link import DEFAULT_MAX_MESSAGE_SIZE
 from ._ref import ActorRef
+from ._transport import MAX_CONNECTIONS
 
 Placement = Literal["process", "inline"]
 
@@ -22,6 +23,11 @@ def _check_placement(_inst: object, _attr: object, value: str) -> None:
 def _check_size(_inst: object, _attr: object, value: int) -> None:
     if value < 1024:
         raise ValueError(f"max_message_size must be >= 1024 bytes, got {value!r}")
+
+
+def _check_max_connections(_inst: object, _attr: object, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"max_connections must be >= 1, got {value!r}")
 
 
 def _check_max_ongoing(_inst: object, _attr: object, value: int | None) -> None:
@@ -49,6 +55,9 @@ class ActorSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     #: the largest websocket message the actor's connections accept, in bytes
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_check_size)
+    #: how many connections the actor's listener holds open at once (more are closed at
+    #: once, before their handshake)
+    max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=_check_max_connections)
 
 
 @attrs.define(eq=False)

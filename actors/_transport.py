@@ -3,11 +3,21 @@
 Every endpoint requires the instance token in the handshake (header ``x-actors-token``)
 and the protocol version as the websocket subprotocol; a wrong or missing token is refused
 with HTTP 401 before any message is read. Tokens are compared in constant time.
+
+Both ends own their TCP stream and close it themselves when the link ends, however it ends
+(trio-websocket leaves a stream whose peer went away open until garbage collection).
+
+Limits before authentication, per listener: a connection has ``HANDSHAKE_TIMEOUT_S`` to
+complete its handshake (it is closed as soon as its peer hangs up, too), and at most
+``MAX_CONNECTIONS`` connections (authenticated or not) are open at once; beyond that a
+new connection is closed at once, and one warning is logged per burst of refusals.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
@@ -15,26 +25,69 @@ from typing import NoReturn
 import trio
 from trio_websocket import (
     ConnectionRejected,
-    HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    WebSocketServer,
-    open_websocket_url,
-    serve_websocket,
 )
+from wsproto import ConnectionType, WSConnection
 
 from ._groups import unwrap_lone_error
 from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
 from ._ref import RemoteRef
 from ._wire import PROTOCOL
-from .exceptions import ActorDiedError, AuthenticationError, ProtocolError
+from .exceptions import ActorDiedError, AuthenticationError, ConnectTimeoutError, ProtocolError
 
 TOKEN_HEADER = b"x-actors-token"
 RECEIVE_BUFFER_SIZE = 256 * 1024
+#: how long a new connection to a listener may take to complete its websocket handshake
+#: (send its request and be accepted or refused) before it is closed
+HANDSHAKE_TIMEOUT_S = 5.0
+#: how many connections a listener holds open at once, by default
+MAX_CONNECTIONS = 256
+#: how long connecting to an actor may take, TCP connect and websocket handshake together
+CONNECT_TIMEOUT_S = 10.0
+#: how long a closing link waits for the peer's close frame before closing the socket
+DISCONNECT_TIMEOUT_S = 2.0
+
+logger = logging.getLogger("actors.transport")
 
 
 def _token_bytes(token: str | bytes) -> bytes:
     return token.encode() if isinstance(token, str) else token
+
+
+class ConnectionGate:
+    """Counts a listener's open connections against its limit (sans-IO).
+
+    ``enter()`` admits a connection or refuses it; it returns whether a warning is due
+    (the first refusal of a burst: refusals after an admission start a new burst).
+    ``on_change(count)``, if given, is called whenever the count changes.
+    """
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"max_connections must be >= 1, got {limit!r}")
+        self.limit = limit
+        self.active = 0
+        self.refused = 0
+        self._in_burst = False
+        self._on_change = on_change
+
+    def enter(self) -> tuple[bool, bool]:
+        """``(admitted, warn)`` for a new connection."""
+        if self.active >= self.limit:
+            self.refused += 1
+            warn, self._in_burst = not self._in_burst, True
+            return False, warn
+        self._in_burst = False
+        self.active += 1
+        if self._on_change is not None:
+            self._on_change(self.active)
+        return True, False
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self._on_change is not None:
+            self._on_change(self.active)
 
 
 async def serve_links(
@@ -44,82 +97,245 @@ async def serve_links(
     host: str = "127.0.0.1",
     port: int = 0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_connections: int = MAX_CONNECTIONS,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+    on_connections: Callable[[int], None] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Listen on ``host:port``; run ``on_link(ws)`` for each authenticated connection.
 
-    Tasks: the listener and one handler task per connection, in this task's nursery;
-    ``task_status.started((host, port))`` once listening. Cancelling closes everything.
+    At most ``max_connections`` connections are open at once (more are closed at once); a
+    connection that has not completed its handshake within ``handshake_timeout`` seconds,
+    or whose peer hangs up first, is closed. ``on_connections(count)`` is called whenever
+    the number of open connections changes (for metrics and tests).
+
+    Tasks: the listener and, per connection, a handler and trio-websocket's reader, in this
+    task's nursery; ``task_status.started((host, port))`` once listening. Cancelling closes
+    everything (every socket is closed, none is left to garbage collection).
     """
+    if handshake_timeout <= 0:
+        raise ValueError(f"handshake_timeout must be > 0 seconds, got {handshake_timeout!r}")
     secret = _token_bytes(token)
+    gate = ConnectionGate(max_connections, on_connections)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    # one address, one port: a host name resolving to several addresses would get a
+    # different port for each with port=0; the first is served
+    for extra in listeners[1:]:
+        await extra.aclose()
+    listener = listeners[0]
+    bound_port: int = listener.socket.getsockname()[1]
 
-    async def handler(request: WebSocketRequest) -> None:
-        supplied = b""
-        for key, value in request.headers:
-            if key.lower() == TOKEN_HEADER:
-                supplied = value
-        if not hmac.compare_digest(supplied, secret):
-            await _refuse(request, 401, b"missing or wrong instance token")
+    async def handle(stream: trio.SocketStream) -> None:
+        admitted, warn = gate.enter()
+        if not admitted:
+            if warn:
+                logger.warning(
+                    "listener %s:%d has max_connections=%d open: closing new connections",
+                    host,
+                    bound_port,
+                    gate.limit,
+                )
+            await trio.aclose_forcefully(stream)
             return
-        if PROTOCOL not in request.proposed_subprotocols:
-            await _refuse(request, 400, f"subprotocol {PROTOCOL} required".encode())
-            return
-        ws = await request.accept(subprotocol=PROTOCOL)
-        await on_link(ws)
-
-    async def run(task_status: trio.TaskStatus[WebSocketServer]) -> None:
-        await serve_websocket(
-            handler,
-            host,
-            port,
-            None,
-            max_message_size=max_message_size,
-            receive_buffer_size=RECEIVE_BUFFER_SIZE,
-            task_status=task_status,
-        )
+        try:
+            await _serve_connection(stream, on_link, secret, max_message_size, handshake_timeout)
+        finally:
+            gate.leave()
 
     async with trio.open_nursery() as nursery:
-        server: WebSocketServer = await nursery.start(run)
-        task_status.started((host, server.port))
+        await nursery.start(trio.serve_listeners, handle, [listener])
+        task_status.started((host, bound_port))
         await trio.sleep_forever()
     raise AssertionError("unreachable")
 
 
-async def _refuse(request: WebSocketRequest, status: int, body: bytes) -> None:
-    """Answer the handshake with ``status`` and hang up. trio-websocket leaves a refused
-    connection's socket open until the client closes it; an unauthenticated client must
-    not be able to hold connections, so the stream is closed here (through the request's
-    connection, which trio-websocket does not expose publicly)."""
-    await request.reject(status, body=body)
-    stream = getattr(getattr(request, "_connection", None), "_stream", None)
-    if stream is not None:
+async def _serve_connection(
+    stream: trio.SocketStream,
+    on_link: Callable[[WebSocketConnection], Awaitable[None]],
+    secret: bytes,
+    max_message_size: int,
+    handshake_timeout: float,
+) -> None:
+    """One connection, from its handshake (bounded) to its end; the stream is closed
+    whatever happens."""
+    try:
+        async with trio.open_nursery() as nursery:
+            ws: WebSocketConnection | None = None
+            with trio.move_on_after(handshake_timeout) as handshake:
+                ws = await _accept(nursery, stream, secret, max_message_size, handshake)
+            if ws is not None:
+                try:
+                    await on_link(ws)
+                finally:
+                    with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+                        await ws.aclose()
+            nursery.cancel_scope.cancel()  # trio-websocket's reader
+    finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _accept(
+    nursery: trio.Nursery,
+    stream: trio.SocketStream,
+    secret: bytes,
+    max_message_size: int,
+    handshake: trio.CancelScope,
+) -> WebSocketConnection | None:
+    """Read the handshake request; accept it (returning the websocket) or refuse it.
+
+    This is trio-websocket 0.12.2's ``wrap_server_stream``, plus one thing: when the reader
+    ends before a request arrived (the peer hung up), ``handshake`` is cancelled at once,
+    where trio-websocket would wait for the request until its timeout.
+    """
+    connection = WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.SERVER),
+        max_message_size=max_message_size,
+        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+    )
+    accepted = False
+
+    async def read() -> None:
+        try:
+            await connection._reader_task()
+        finally:
+            if not accepted:
+                handshake.cancel()
+
+    nursery.start_soon(read)
+    request = await connection._get_request()
+    supplied = b""
+    for key, value in request.headers:
+        if key.lower() == TOKEN_HEADER:
+            supplied = value
+    if not hmac.compare_digest(supplied, secret):
+        await _refuse(request, 401, b"missing or wrong instance token")
+        return None
+    if PROTOCOL not in request.proposed_subprotocols:
+        await _refuse(request, 400, f"subprotocol {PROTOCOL} required".encode())
+        return None
+    ws = await request.accept(subprotocol=PROTOCOL)
+    accepted = True
+    return ws
+
+
+async def _refuse(request: WebSocketRequest, status: int, body: bytes) -> None:
+    """Answer the handshake with ``status``; the caller then hangs up (trio-websocket would
+    leave a refused connection's socket open until the client closes it, and an
+    unauthenticated client must not be able to hold connections)."""
+    await request.reject(status, body=body)
+
+
+def _parse_address(address: str) -> tuple[str, int, str, str]:
+    """``ws://host:port/path`` -> ``(host, port, path, host header)``."""
+    parts = urllib.parse.urlsplit(address)
+    if parts.scheme != "ws" or parts.hostname is None:
+        raise ValueError(f"an actor address is ws://host:port, got {address!r}")
+    port = parts.port or 80
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    return parts.hostname, port, resource, f"{parts.hostname}:{port}"
 
 
 @asynccontextmanager
 async def open_raw_link(
-    address: str, *, token: str | bytes, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    address: str,
+    *,
+    token: str | bytes,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
 ) -> AsyncIterator[WebSocketConnection]:
-    """Open an authenticated websocket to ``address`` (``ws://host:port``)."""
+    """Open an authenticated websocket to ``address`` (``ws://host:port``).
+
+    Connecting (TCP and the websocket handshake) is bounded by ``connect_timeout`` as a
+    whole: past it, :class:`ConnectTimeoutError`. This works around trio-websocket 0.12.2,
+    whose ``open_websocket`` lets its reader run on after its ``connect_timeout`` fired and
+    then waits for that reader forever (a server answering 101 late hangs the client).
+    A server that hangs up during the handshake fails it at once (``ActorDiedError``).
+
+    Tasks: trio-websocket's reader, in this block's nursery. Leaving the block closes the
+    websocket (a close handshake bounded by ``DISCONNECT_TIMEOUT_S``) and then the socket.
+    """
+    host, port, resource, host_header = _parse_address(address)
+    streams: list[trio.SocketStream] = []
     try:
-        async with open_websocket_url(
-            address,
-            subprotocols=[PROTOCOL],
-            extra_headers=[(TOKEN_HEADER, _token_bytes(token))],
-            max_message_size=max_message_size,
-            receive_buffer_size=RECEIVE_BUFFER_SIZE,
-            connect_timeout=10,
-            disconnect_timeout=2,
-        ) as ws:
-            if ws.subprotocol != PROTOCOL:
-                raise ProtocolError(f"{address} does not speak {PROTOCOL}")
-            yield ws
-    except ConnectionRejected as exc:
-        if exc.status_code == 401:
-            raise AuthenticationError(f"{address} refused the instance token") from None
-        raise ProtocolError(f"{address} refused the connection: {exc.status_code}") from None
-    except HandshakeError as exc:
-        raise ActorDiedError(f"cannot connect to {address}: {exc!r}") from exc
+        with unwrap_lone_error():
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(connect_timeout):
+                        streams.append(await trio.open_tcp_stream(host, port))
+                        ws = await _handshake(
+                            nursery,
+                            streams[0],
+                            address,
+                            host_header,
+                            resource,
+                            token,
+                            max_message_size,
+                        )
+                except trio.TooSlowError:
+                    raise ConnectTimeoutError(
+                        f"cannot connect to {address}: no websocket handshake within "
+                        f"{connect_timeout}s"
+                    ) from None
+                except OSError as exc:
+                    raise ActorDiedError(f"cannot connect to {address}: {exc!r}") from exc
+                try:
+                    yield ws
+                finally:
+                    with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()  # trio-websocket's reader
+    finally:
+        if streams:
+            await trio.aclose_forcefully(streams[0])
+
+
+async def _handshake(
+    nursery: trio.Nursery,
+    stream: trio.SocketStream,
+    address: str,
+    host_header: str,
+    resource: str,
+    token: str | bytes,
+    max_message_size: int,
+) -> WebSocketConnection:
+    """The client's handshake: trio-websocket 0.12.2's ``wrap_client_stream``, except that
+    a refusal or a hang-up ends it at once, as our own error."""
+    connection = WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.CLIENT),
+        host=host_header,
+        path=resource,
+        client_subprotocols=[PROTOCOL],
+        client_extra_headers=[(TOKEN_HEADER, _token_bytes(token))],
+        max_message_size=max_message_size,
+        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+    )
+    waiting = trio.CancelScope()
+    rejected: list[ConnectionRejected] = []
+
+    async def read() -> None:
+        try:
+            await connection._reader_task()
+        except ConnectionRejected as exc:
+            rejected.append(exc)
+        finally:
+            waiting.cancel()  # a no-op once the handshake is over
+
+    nursery.start_soon(read)
+    with waiting:
+        await connection._open_handshake.wait()
+    if rejected:
+        if rejected[0].status_code == 401:
+            raise AuthenticationError(f"{address} refused the instance token")
+        raise ProtocolError(f"{address} refused the connection: {rejected[0].status_code}")
+    if waiting.cancelled_caught:
+        raise ActorDiedError(f"cannot connect to {address}: it hung up during the handshake")
+    if connection.subprotocol != PROTOCOL:
+        raise ProtocolError(f"{address} does not speak {PROTOCOL}")
+    return connection
 
 
 async def connect(
@@ -133,14 +349,20 @@ async def connect(
     """Connect to the actor at ``address``; ``task_status.started(ref)`` once connected.
 
     Tasks: the link's reader, writer and heartbeat, in this task's nursery. Returns when the
-    connection closes (pending calls then fail with ``ActorDiedError``); cancelling closes it.
+    connection closes (pending calls then fail with ``ActorDiedError``), its socket closed;
+    ``await ref.aclose()`` closes it from anywhere, and so does cancelling this task.
     """
     ref = RemoteRef(name or address)
-    async with open_raw_link(address, token=token, max_message_size=max_message_size) as ws:
-        link = Link(ws, ref.on_envelope, on_close=ref.on_close, max_message_size=max_message_size)
-        ref.attach(link)
-        task_status.started(ref)
-        await link.run()
+    try:
+        async with open_raw_link(address, token=token, max_message_size=max_message_size) as ws:
+            link = Link(
+                ws, ref.on_envelope, on_close=ref.on_close, max_message_size=max_message_size
+            )
+            ref.attach(link)
+            task_status.started(ref)
+            await link.run()
+    finally:
+        ref.detach()  # the socket is closed now
 
 
 @asynccontextmanager

@@ -166,15 +166,132 @@ def batch_cut(queued: list[bytes], limit: int) -> tuple[int, int]:
 
 
 class BatchDecoder:
-    """Decodes one websocket message into its envelopes; one instance per connection."""
+    """Decodes one websocket message into its envelopes; one instance per connection.
+
+    Payloads stay ``Raw``, but msgspec still walks them to find their end, recursively: a
+    payload nested deeper than the recursion limit fails that walk. Such a message is then
+    split by :func:`skip` (iterative) and each envelope decoded field by field, its
+    ``Raw`` fields taken as they are: the payload then fails only its own call, when that
+    call decodes it.
+    """
 
     def __init__(self) -> None:
         self._decoder = msgspec.msgpack.Decoder(list[Envelope])
+        self._one = msgspec.msgpack.Decoder(Envelope)
 
     def decode(self, data: bytes) -> list[Envelope]:
         """Raise ``msgspec.DecodeError`` (or ``ValidationError``) for anything malformed."""
         try:
             return self._decoder.decode(data)
-        except (RecursionError, UnicodeDecodeError) as exc:
-            # msgspec lets these through for deep nesting and strings that are not UTF-8
+        except RecursionError:
+            return self._decode_deep(data)
+        except UnicodeDecodeError as exc:
+            # msgspec lets these through for strings that are not UTF-8
             raise msgspec.DecodeError(f"malformed message: {exc!r}") from None
+
+    def _decode_deep(self, data: bytes) -> list[Envelope]:
+        try:
+            n, pos = _array_header(data, 0)
+            envelopes: list[Envelope] = []
+            for _ in range(n):
+                end = skip(data, pos)
+                chunk = data[pos:end]
+                try:
+                    envelopes.append(self._one.decode(chunk))
+                except RecursionError:
+                    envelopes.append(_decode_fields(chunk))
+                pos = end
+        except (RecursionError, UnicodeDecodeError, IndexError) as exc:
+            raise msgspec.DecodeError(f"malformed message: {exc!r}") from None
+        if pos != len(data):
+            raise msgspec.DecodeError("malformed message: trailing bytes")
+        return envelopes
+
+
+_TAGS: dict[int, type[_Envelope]] = {cls.__struct_config__.tag: cls for cls in Envelope.__args__}
+
+
+def _decode_fields(chunk: bytes) -> Envelope:
+    """Decode one ``array_like`` envelope element by element (``Raw`` fields untouched);
+    a non-``Raw`` field that is too deep still fails (with ``RecursionError``)."""
+    n, pos = _array_header(chunk, 0)
+    ends = []
+    for _ in range(n):
+        pos = skip(chunk, pos)
+        ends.append(pos)
+    starts = [_array_header(chunk, 0)[1], *ends[:-1]]
+    elements = [chunk[a:b] for a, b in zip(starts, ends, strict=True)]
+    if not elements:
+        raise msgspec.DecodeError("malformed message: an empty envelope")
+    tag = msgspec.msgpack.decode(elements[0])
+    cls = _TAGS.get(tag) if type(tag) is int else None
+    if cls is None:
+        raise msgspec.DecodeError(f"malformed message: unknown envelope tag {tag!r}")
+    fields = msgspec.structs.fields(cls)
+    # fields beyond the known ones are ignored, as msgspec does (newer peers append fields)
+    values = [
+        Raw(element) if field.type is Raw else msgspec.msgpack.decode(element, type=field.type)
+        for field, element in zip(fields, elements[1:], strict=False)
+    ]
+    return cls(*values)  # type: ignore[return-value]
+
+
+def _array_header(data: bytes, pos: int) -> tuple[int, int]:
+    """``(length, position after the header)`` of the msgpack array at ``pos``."""
+    b = data[pos]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F, pos + 1
+    if b == 0xDC:
+        return int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
+    if b == 0xDD:
+        return int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+    raise msgspec.DecodeError("malformed message: expected an array")
+
+
+#: msgpack types of a fixed size: first byte -> total size
+_FIXED = {0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}
+_FIXED.update({0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10})
+_FIXED[0xD8] = 18
+#: msgpack types with a length prefix: first byte -> (prefix size, bytes of header extra)
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}
+_SIZED.update({0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1)})
+
+
+def skip(data: bytes, pos: int) -> int:
+    """The position just after the msgpack object at ``pos``, found without recursion
+    (however deep the object is nested). Raises ``DecodeError`` on malformed input."""
+    size = len(data)
+    todo = 1  # objects still to skip
+    while todo:
+        if pos >= size:
+            raise msgspec.DecodeError("malformed message: truncated")
+        b = data[pos]
+        todo -= 1
+        if b <= 0x7F or b >= 0xE0:
+            pos += 1
+        elif b <= 0x8F:
+            todo += 2 * (b & 0x0F)
+            pos += 1
+        elif b <= 0x9F:
+            todo += b & 0x0F
+            pos += 1
+        elif b <= 0xBF:
+            pos += 1 + (b & 0x1F)
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _SIZED:
+            width, extra = _SIZED[b]
+            pos += 1 + width + extra + int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        elif b in (0xDC, 0xDD):
+            width = 2 if b == 0xDC else 4
+            todo += int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        elif b in (0xDE, 0xDF):
+            width = 2 if b == 0xDE else 4
+            todo += 2 * int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        else:  # 0xC1: never used
+            raise msgspec.DecodeError(f"malformed message: invalid byte 0x{b:02x}")
+    if pos > size:
+        raise msgspec.DecodeError("malformed message: truncated")
+    return pos

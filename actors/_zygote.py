@@ -8,10 +8,15 @@ a thread, so forking it is safe.
 
 Protocol, over two pipes (file descriptors given in ``ACTORS_ZYGOTE_FDS``): the parent
 writes one JSON line per spawn, ``{"id": ..., "env": {...}}``; the zygote answers
-``pid <id> <pid>`` and, when a child exits, ``exit <pid> <code>``. When the request pipe
-closes (the parent is gone), the zygote waits for its children to notice their parent's
-departure on their own control links and exit, kills any still running after
-``ORPHAN_GRACE_S``, and exits: no child outlives it.
+``pid <id> <pid>`` and, when a child exits, ``exit <pid> <code>``. ``{"kill": <pid>}`` asks
+it to SIGKILL one of its children (one the parent could not take charge of; the zygote, its
+parent, signals it safely: an unreaped PID is never reused). When the request pipe closes
+(the parent is gone, or shutting down), the zygote waits for its children to notice their
+parent's departure on their own control links and exit, kills any still running after
+``ORPHAN_GRACE_S``, reaps them and exits: no child outlives it.
+
+The instance token is removed from the zygote's environment before anything is preloaded;
+each child gets it back just before it runs (and removes it itself).
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import sys
 import time
 
 from actors._forkserver import ENV_FDS, ENV_PRELOAD
+from actors._process import ENV_PARENT_PID
+from actors._serve import ENV_TOKEN
 
 #: once the parent is gone, how long children get to exit by themselves before SIGKILL
-ORPHAN_GRACE_S = 10.0
+#: (less than the parent's ``ZYGOTE_EXIT_WAIT_S``: the zygote reaps them before it is
+#: killed itself)
+ORPHAN_GRACE_S = 3.0
 #: the children forked and not yet reaped
 _children: set[int] = set()
 
@@ -67,10 +76,23 @@ def _outlive_children(fd: int) -> None:
         _children.discard(pid)
 
 
-def _child(request: dict[str, object], fds: tuple[int, int]) -> None:
+def _kill(pid: int) -> None:
+    """SIGKILL a child that is not reaped yet (its exit is reported as any other)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        if pid in _children:  # not reaped (SIGCHLD is blocked): the PID is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def _child(request: dict[str, object], fds: tuple[int, int], token: str, zygote: int) -> None:
     for fd in fds:
         os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.environ[ENV_TOKEN] = token  # the child takes it out of its environment first thing
+    os.environ[ENV_PARENT_PID] = str(zygote)
     env = request.get("env")
     if isinstance(env, dict):
         os.environ.update({str(k): str(v) for k, v in env.items()})
@@ -85,6 +107,8 @@ def _child(request: dict[str, object], fds: tuple[int, int]) -> None:
 
 def main() -> None:
     req_fd, resp_fd = (int(x) for x in os.environ.pop(ENV_FDS).split(","))
+    token = os.environ.pop(ENV_TOKEN, "")  # before any preloaded module can see it
+    zygote = os.getpid()
     for name in filter(None, os.environ.pop(ENV_PRELOAD, "").split(",")):
         try:
             importlib.import_module(name)
@@ -103,12 +127,15 @@ def main() -> None:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             request = json.loads(line)
+            if "kill" in request:
+                _kill(int(request["kill"]))
+                continue
             # a child that exits at once is reaped only after it is counted
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
             pid = os.fork()
             if pid == 0:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                _child(request, (req_fd, resp_fd))
+                _child(request, (req_fd, resp_fd), token, zygote)
             _children.add(pid)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _report(resp_fd, f"pid {request['id']} {pid}")

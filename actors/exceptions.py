@@ -4,7 +4,8 @@ The tree::
 
     ActorError
     ├── ActorDiedError            the actor's process or connection went away mid-call
-    │   └── CallNotDeliveredError  ... before the actor had read the call (it never ran)
+    │   ├── CallNotDeliveredError  ... before the actor had read the call (it never ran)
+    │   └── ConnectTimeoutError    connecting to the actor took longer than its deadline
     ├── RejectedError             the actor was at capacity; the call never started
     ├── CallCancelledError        the call was cancelled before it produced a result
     ├── DeadlineExceededError     the call's deadline passed on the actor
@@ -42,6 +43,10 @@ class ActorDiedError(ActorError):
 class CallNotDeliveredError(ActorDiedError):
     """The actor went away before it acknowledged reading the call: the call never started
     there, so it is safe to send it to another actor."""
+
+
+class ConnectTimeoutError(ActorDiedError):
+    """Connecting to an actor (TCP and the websocket handshake) did not finish in time."""
 
 
 class RejectedError(ActorError):

@@ -24,8 +24,8 @@ from actors import _codec, _wire
 from actors._future import CallFuture
 from actors._ref import RemoteRef
 from actors.testing import connected
-from trioserve._replica.http import Request
 from trioserve._http.server import HTTPReply, plain, serve_http
+from trioserve._replica.http import Request
 
 TOKEN = "fuzz-token"
 TOKEN_HEADER = b"x-actors-token"
@@ -273,15 +273,21 @@ def _decode_as(place: str, data: bytes) -> object:
     return _codec.decode_value(data, allow_pickle=False)
 
 
-@pytest.mark.parametrize(
-    ("place", "data"),
-    [("wire", _CALL_PREFIX + _DEEP + b"\xc0\xc2"), ("codec", _DEEP)],
-    ids=["wire", "codec"],
-)
-def test_fuzz_deeply_nested_input_raises_decode_error(place: str, data: bytes) -> None:
-    """Input nested deeper than the decoder goes is refused like any malformed input."""
+def test_fuzz_deeply_nested_payload_raises_decode_error() -> None:
+    """A payload nested deeper than the decoder goes is refused like any malformed input."""
     with pytest.raises(DECODE_ERRORS):
-        _decode_as(place, data)
+        _decode_as("codec", _DEEP)
+
+
+def test_fuzz_deeply_nested_payload_stays_raw_on_the_wire() -> None:
+    """A call whose payload is nested too deeply still decodes as an envelope (its payload
+    raw), so that only that call fails, when it decodes its payload."""
+    [call] = _wire.BatchDecoder().decode(_CALL_PREFIX + _DEEP + b"\xc0\xc2")
+    assert type(call) is _wire.Call
+    assert (call.id, call.method, call.timeout, call.stream) == (1, "m", None, False)
+    assert bytes(call.payload) == _DEEP
+    with pytest.raises(DECODE_ERRORS):
+        _codec.decode_args(call.payload, allow_pickle=False)
 
 
 @pytest.mark.parametrize(
@@ -488,12 +494,16 @@ async def test_fuzz_listener_survives_call_with_nan_timeout() -> None:
     await _fuzz_listener([_framed([nan_call])])
 
 
-@pytest.mark.parametrize(
-    "message", [_CALL_PREFIX + _DEEP + b"\xc0\xc2", _BAD_UTF8_CALL], ids=["deep", "not-utf8"]
-)
-async def test_fuzz_listener_survives_undecodable_message(message: bytes) -> None:
+async def test_fuzz_listener_survives_undecodable_message() -> None:
     """A message the decoder cannot take closes its connection (1002), not the listener."""
-    await _fuzz_listener([message])
+    await _fuzz_listener([_BAD_UTF8_CALL])
+
+
+async def test_fuzz_listener_keeps_connection_with_deeply_nested_payload() -> None:
+    """A call whose payload is nested too deeply fails alone: its connection stays open."""
+    deep = _CALL_PREFIX + _DEEP + b"\xc0\xc2"
+    assert _valid(deep)
+    await _fuzz_listener([deep])
 
 
 # -- the HTTP server fed fuzzed bytes
