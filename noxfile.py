@@ -72,7 +72,9 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    """``nox -s bench -- [--quick] [--windows N] [--ray-venv PATH]``; the FastAPI reference
+    needs uvicorn (with uvloop and httptools) and FastAPI, the wrk cases need ``wrk``."""
+    session.install("-e", ".[test]", "uvicorn[standard]", "fastapi")
     session.run("python", "bench/run.py", *session.posargs)
 
 

@@ -2,9 +2,12 @@
 reports figures as JSON lines through a :class:`Reporter`, one line per figure as soon as
 it is measured, so a workload that hangs later still keeps what it measured.
 
-Every request workload uses :func:`bench_measure.closed_loop`; each case is bounded by a
-timeout, and a case that fails or times out is reported as an error while the workload goes
-on with its next case.
+Every request workload uses :func:`bench_measure.closed_loop` (several windows per figure);
+each case is bounded by a timeout, and a case that fails or times out is reported as an error
+while the workload goes on with its next case. Each trioserve figure names the reference
+figures it is compared with (``references``: workload and case); the references are
+workloads too (``raw``, ``fastapi``, ``ray``), skipped with a note when their dependency is
+missing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import bench_stats
 import msgspec
 import trio
 from bench_apps import Adder, Hello, Noop
@@ -32,6 +36,8 @@ import trioserve as serve
 
 HERE = Path(__file__).resolve().parent
 RAW_SERVER = HERE / "raw_echo_server.py"
+FASTAPI_SERVER = HERE / "fastapi_server.py"
+RAY_REFERENCE = HERE / "ray_reference.py"
 PAYLOAD_100K = 100 * 1024
 MIB = 1024 * 1024
 CHILD_EXIT_WAIT_S = 3.0
@@ -39,30 +45,59 @@ CHILD_EXIT_WAIT_S = 3.0
 HANG_ENV = "TRIOSERVE_BENCH_HANG"
 
 
+#: a figure's references: (workload, case) pairs, in the order the table shows them
+Refs = tuple[tuple[str, str], ...]
+
+
 @attrs.frozen
 class Settings:
     warmup_s: float
-    duration_s: float
-    wrk_duration_s: int
+    #: every request figure is measured in ``windows`` consecutive windows of ``window_s``
+    window_s: float
+    windows: int
+    #: wrk takes whole seconds: each wrk window is a wrk run of this many seconds
+    wrk_window_s: int
     many_replicas: int
     lifecycle_reps: int
     case_slack_s: float
+    ray_venv: str | None = None
 
     @classmethod
-    def make(cls, quick: bool) -> Settings:
-        if quick:
-            return cls(0.1, 0.4, 1, 20, 1, 20.0)
-        return cls(0.5, 3.0, 5, 100, 3, 60.0)
+    def make(
+        cls,
+        quick: bool,
+        windows: int | None = None,
+        window_s: float | None = None,
+        ray_venv: str | None = None,
+    ) -> Settings:
+        quick_ = cls(0.1, 0.5, 3, 1, 20, 1, 20.0)
+        base = quick_ if quick else cls(0.5, 2.0, 5, 2, 100, 3, 60.0)
+        if windows is not None:
+            base = attrs.evolve(base, windows=max(1, windows))
+        if window_s is not None:
+            base = attrs.evolve(base, window_s=window_s, wrk_window_s=max(1, round(window_s)))
+        return attrs.evolve(base, ray_venv=ray_venv)
+
+    @property
+    def measured_s(self) -> float:
+        """The length of one figure's measurement (warmup plus all windows)."""
+        return self.warmup_s + self.windows * self.window_s
 
     @property
     def case_timeout_s(self) -> float:
-        return self.warmup_s + self.duration_s + self.case_slack_s
+        return self.measured_s + self.case_slack_s
+
+    def argv(self) -> list[str]:
+        """The command-line options that rebuild these settings in a worker."""
+        out = ["--windows", str(self.windows), "--window-s", str(self.window_s)]
+        return out + (["--ray-venv", self.ray_venv] if self.ray_venv else [])
 
 
 class Reporter:
     """Writes one JSON object per line to the result file of this worker."""
 
     def __init__(self, path: str, workload: str, settings: Settings) -> None:
+        self.path = path
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self.workload = workload
         self.settings = settings
@@ -70,13 +105,20 @@ class Reporter:
     def close(self) -> None:
         self._file.close()
 
+    def flush(self) -> None:
+        self._file.flush()
+
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps({"workload": self.workload, **record}) + "\n")
         self._file.flush()
 
-    def requests(self, case: str, result: LoadResult, raw_case: str | None) -> None:
-        """A request figure; ``raw_case`` names the raw baseline case it is compared with."""
-        self.write({"type": "figure", "case": case, "raw_case": raw_case, **result.figure()})
+    def requests(self, case: str, result: LoadResult, refs: Refs) -> None:
+        """A request figure; ``refs`` names the reference figures it is compared with."""
+        self.figure(case, result.figure(), refs)
+
+    def figure(self, case: str, figure: dict[str, Any], refs: Refs) -> None:
+        references = [{"workload": w, "case": c} for w, c in refs]
+        self.write({"type": "figure", "case": case, "references": references, **figure})
 
     def scalar(self, case: str, value: float, unit: str, **extra: Any) -> None:
         self.write(
@@ -104,14 +146,18 @@ class Reporter:
         call: Callable[[int], Awaitable[object]],
         concurrency: int,
         *,
-        raw_case: str | None,
+        refs: Refs,
     ) -> LoadResult | None:
         """Measure one case (bounded by the case timeout); report it or its failure."""
         s = self.settings
         try:
             with trio.fail_after(s.case_timeout_s):
                 result = await closed_loop(
-                    call, concurrency, warmup_s=s.warmup_s, duration_s=s.duration_s
+                    call,
+                    concurrency,
+                    warmup_s=s.warmup_s,
+                    window_s=s.window_s,
+                    windows=s.windows,
                 )
         except trio.TooSlowError:
             self.error(case, f"timed out after {s.case_timeout_s:.0f}s")
@@ -119,7 +165,7 @@ class Reporter:
         except Exception as exc:
             self.error(case, describe(exc))
             return None
-        self.requests(case, result, raw_case)
+        self.requests(case, result, refs)
         return result
 
 
@@ -168,7 +214,19 @@ def replica_pids(status: serve.ServeStatus, app: str) -> list[int]:
     ]
 
 
-# -- raw baseline
+# -- references
+
+
+def raw_and_ray(case: str, ray_case: str | None = None) -> Refs:
+    """Raw websocket echo at the same case, then Ray Serve (at ``ray_case``, when given)."""
+    return (("raw", case),) + ((("ray", ray_case),) if ray_case else ())
+
+
+def http_refs(case: str) -> Refs:
+    return (("fastapi", case), ("ray", case))
+
+
+# -- raw baseline (the naive one-message-per-request websocket echo)
 
 
 class Echo(msgspec.Struct, array_like=True):
@@ -243,10 +301,10 @@ async def workload_raw(rep: Reporter) -> None:
             nursery.start_soon(client.reader)
             check(await client.call(7), 7, "raw echo")
             for c in (1, 16, 32, 64):
-                await rep.load(f"c{c}", client.call, c, raw_case=None)
+                await rep.load(f"c{c}", client.call, c, refs=())
             payload = os.urandom(PAYLOAD_100K)
             check(await client.call(payload), payload, "raw echo of 100 KB")
-            await rep.load("100KB c16", lambda _i: client.call(payload), 16, raw_case=None)
+            await rep.load("100KB c16", lambda _i: client.call(payload), 16, refs=())
             nursery.cancel_scope.cancel()
     finally:
         if proc.stdin is not None:
@@ -264,29 +322,30 @@ async def workload_raw(rep: Reporter) -> None:
 # -- handles
 
 
-async def _handle_cases(rep: Reporter, deployment: serve.Deployment) -> None:
+async def _handle_cases(rep: Reporter, deployment: serve.Deployment, ray: bool) -> None:
     async with serve.open_serve(http_port=None) as instance:
         handle = await instance.run(deployment.bind(), name="noop", route_prefix=None)
         check(await handle.remote(7), 7, "noop call")
         for c in (1, 16, 64):
-            await rep.load(f"c{c}", handle.remote, c, raw_case=f"c{c}")
+            refs = raw_and_ray(f"c{c}", f"c{c}" if ray else None)
+            await rep.load(f"c{c}", handle.remote, c, refs=refs)
         status = await instance.status()
         rep.note(f"replica pids: {replica_pids(status, 'noop') or 'none (inline)'}")
 
 
 async def workload_handle(rep: Reporter) -> None:
-    await _handle_cases(rep, Noop)
+    await _handle_cases(rep, Noop, ray=True)
 
 
 async def workload_inline(rep: Reporter) -> None:
-    await _handle_cases(rep, Noop.options(placement="inline"))
+    await _handle_cases(rep, Noop.options(placement="inline"), ray=False)
 
 
 async def workload_method(rep: Reporter) -> None:
     async with serve.open_serve(http_port=None) as instance:
         handle = await instance.run(Noop.bind(), name="noop", route_prefix=None)
         check(await handle.echo.remote(7), 7, "echo method")
-        await rep.load("c16", lambda i: handle.echo.remote(i), 16, raw_case="c16")
+        await rep.load("c16", lambda i: handle.echo.remote(i), 16, refs=raw_and_ray("c16"))
 
 
 async def workload_chain(rep: Reporter) -> None:
@@ -294,7 +353,12 @@ async def workload_chain(rep: Reporter) -> None:
         model = await instance.run(Noop.bind(), name="noop", route_prefix=None)
         adder = await instance.run(Adder.bind(), name="adder", route_prefix=None)
         check(await adder.remote(model.remote(7)), 8, "chained call")
-        await rep.load("c16", lambda i: adder.remote(model.remote(i)), 16, raw_case="c16")
+        await rep.load(
+            "c16",
+            lambda i: adder.remote(model.remote(i)),
+            16,
+            refs=raw_and_ray("c16", "chain c16"),
+        )
 
 
 async def workload_bytes(rep: Reporter) -> None:
@@ -302,7 +366,12 @@ async def workload_bytes(rep: Reporter) -> None:
     async with serve.open_serve(http_port=None) as instance:
         handle = await instance.run(Noop.bind(), name="noop", route_prefix=None)
         check(await handle.remote(payload), payload, "100 KB echo")
-        await rep.load("100KB c16", lambda _i: handle.remote(payload), 16, raw_case="100KB c16")
+        await rep.load(
+            "100KB c16",
+            lambda _i: handle.remote(payload),
+            16,
+            refs=raw_and_ray("100KB c16", "100KB c16"),
+        )
 
 
 def workload_sync(rep: Reporter) -> None:
@@ -317,12 +386,13 @@ def workload_sync(rep: Reporter) -> None:
             result = closed_loop_sync(
                 lambda i: handle.remote(i).result(timeout_s=timeout),
                 warmup_s=s.warmup_s,
-                duration_s=s.duration_s,
+                window_s=s.window_s,
+                windows=s.windows,
             )
         except Exception as exc:
             rep.error("c1", describe(exc))
         else:
-            rep.requests("c1", result, raw_case="c1")
+            rep.requests("c1", result, refs=raw_and_ray("c1"))
     finally:
         serve.shutdown()
 
@@ -352,71 +422,198 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
-async def _run_wrk(rep: Reporter, url: str) -> None:
+def _wrk_errors(parsed: dict[str, Any]) -> bool:
+    counts = re.findall(r"(\d+)", parsed["socket_errors"] or "")
+    return bool(parsed["non_2xx"]) or any(n != "0" for n in counts)
+
+
+async def _run_wrk(rep: Reporter, url: str, refs: Refs) -> None:
+    """``wrk -c32`` in ``windows`` runs of ``wrk_window_s`` each: one window per run."""
     s = rep.settings
+    case = "wrk c32"
     wrk = shutil.which("wrk")
     if wrk is None:
-        rep.skipped("wrk c32", "wrk is not installed (on Debian: apt-get install -y wrk)")
+        rep.skipped(case, "wrk is not installed (on Debian: apt-get install -y wrk)")
         return
-    argv = [wrk, "-t2", "-c32", f"-d{s.wrk_duration_s}s", "--latency", url]
+    argv = [wrk, "-t2", "-c32", f"-d{s.wrk_window_s}s", "--latency", url]
+    windows: list[dict[str, Any]] = []
+    errors: list[str] = []
     try:
-        with trio.fail_after(s.wrk_duration_s + s.case_slack_s):
-            done = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False
+        for _ in range(s.windows):
+            with trio.fail_after(s.wrk_window_s + s.case_slack_s):
+                done = await trio.run_process(
+                    argv, capture_stdout=True, capture_stderr=True, check=False
+                )
+            text = done.stdout.decode(errors="replace")
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"wrk exited with {done.returncode}: {done.stderr.decode()[:300]}"
+                )
+            parsed = parse_wrk(text)
+            windows.append(
+                {
+                    "throughput": parsed["throughput"],
+                    "p50": parsed.get("p50"),
+                    "p99": parsed.get("p99"),
+                    "requests": parsed.get("requests"),
+                }
             )
-        text = done.stdout.decode(errors="replace")
-        if done.returncode != 0:
-            raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr.decode()[:300]}")
-        parsed = parse_wrk(text)
+            if _wrk_errors(parsed):
+                errors.append(f"non-2xx={parsed['non_2xx']}, {parsed['socket_errors']}")
     except trio.TooSlowError:
-        rep.error("wrk c32", "wrk timed out")
+        rep.error(case, "wrk timed out")
         return
     except Exception as exc:
-        rep.error("wrk c32", describe(exc))
+        rep.error(case, describe(exc))
         return
-    rep.write(
-        {
-            "type": "figure",
-            "kind": "requests",
-            "case": "wrk c32",
-            "raw_case": "c32",
-            "concurrency": 32,
-            "throughput": {"value": parsed["throughput"], "unit": "req/s"},
-            "p50": {"value": parsed.get("p50"), "unit": "ms"},
-            "p99": {"value": parsed.get("p99"), "unit": "ms"},
-            "requests_in_window": parsed.get("requests"),
-            "window": {"value": s.wrk_duration_s, "unit": "s"},
-            "tool": " ".join(["wrk", *argv[1:-1]]),
-            "non_2xx": parsed["non_2xx"],
-            "socket_errors": parsed["socket_errors"],
-        }
+    figure = bench_stats.summarize(
+        windows,
+        32,
+        float(s.wrk_window_s),
+        tool=" ".join(["wrk", *argv[1:-1]]),
+        errors=errors,
     )
-    if parsed["non_2xx"] or any(
-        n != "0" for n in re.findall(r"(\d+)", parsed["socket_errors"] or "")
-    ):
-        rep.note(f"wrk saw errors: non-2xx={parsed['non_2xx']}, {parsed['socket_errors']}")
+    rep.figure(case, figure, refs)
+    if errors:
+        rep.note(f"wrk saw errors: {'; '.join(errors)}")
+
+
+async def _http_cases(rep: Reporter, url: str, refs: Callable[[str], Refs]) -> None:
+    """The HTTP cases against ``url`` (GET, expects ``hello``): httpx c1, c32, then wrk c32."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+        first = await client.get(url)
+        check((first.status_code, first.text), (200, "hello"), f"HTTP GET {url}")
+
+        async def get(_i: int) -> None:
+            response = await client.get(url)
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+        for c in (1, 32):
+            await rep.load(f"httpx c{c}", get, c, refs=refs(f"httpx c{c}"))
+    await _run_wrk(rep, url, refs("wrk c32"))
 
 
 async def workload_http(rep: Reporter) -> None:
-    import httpx
-
     async with serve.open_serve(http_port=0) as instance:
         await instance.run(Hello.bind(), name="http", route_prefix="/")
         assert instance.http_url is not None
-        url = instance.http_url + "/"
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-            first = await client.get(url)
-            check((first.status_code, first.text), (200, "hello"), "HTTP GET /")
+        await _http_cases(rep, instance.http_url + "/", http_refs)
 
-            async def get(_i: int) -> None:
-                response = await client.get(url)
-                if response.status_code != 200:
-                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
 
-            for c in (1, 32):
-                await rep.load(f"httpx c{c}", get, c, raw_case=f"c{c}")
-        await _run_wrk(rep, url)
+async def _read_line(stream: trio.abc.ReceiveStream, prefix: str, timeout: float) -> str:
+    """The first line of ``stream`` that starts with ``prefix`` (other lines are skipped)."""
+    data = b""
+    with trio.fail_after(timeout):
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if text.startswith(prefix) or text == "FAILED":
+                    return text
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"the child process exited before printing {prefix!r}")
+            data += chunk
+
+
+async def _stop_child(proc: trio.Process) -> None:
+    """Close the child's stdin (it exits on EOF), then SIGTERM, then SIGKILL, by PID."""
+    if proc.stdin is not None:
+        with trio.move_on_after(1):
+            await proc.stdin.aclose()
+    with trio.move_on_after(30):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.terminate()
+        with trio.move_on_after(5):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+def _missing_modules(*names: str) -> list[str]:
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+async def workload_fastapi(rep: Reporter) -> None:
+    """Reference: FastAPI "hello" on uvicorn (one worker), the HTTP cases of ``http``."""
+    missing = _missing_modules("fastapi", "uvicorn")
+    if missing:
+        reason = f"{', '.join(missing)} not installed (pip install 'uvicorn[standard]' fastapi)"
+        rep.skipped("FastAPI reference", reason)
+        return
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(FASTAPI_SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await _read_line(proc.stdout, "PORT ", 30)
+        match = re.fullmatch(r"PORT (\d+) LOOP (\S+) HTTP (\S+)", line)
+        if match is None:
+            raise RuntimeError(f"unexpected line from the FastAPI server: {line!r}")
+        port, loop, http = match.groups()
+        rep.note(
+            f"FastAPI server pid {proc.pid} on 127.0.0.1:{port}: uvicorn, 1 worker, "
+            f"access log off, loop {loop}, http {http}"
+        )
+        await _http_cases(rep, f"http://127.0.0.1:{port}/", lambda _case: ())
+    finally:
+        await _stop_child(proc)
+
+
+def _ray_python(venv: str) -> Path:
+    return Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+async def workload_ray(rep: Reporter) -> None:
+    """Reference: Ray Serve from the virtualenv ``--ray-venv`` (``ray_reference.py``)."""
+    s = rep.settings
+    if not s.ray_venv:
+        rep.skipped("Ray Serve reference", "no --ray-venv PATH given (a venv with ray[serve])")
+        return
+    python = _ray_python(s.ray_venv)
+    if not python.exists():
+        rep.skipped("Ray Serve reference", f"no Python at {python} (--ray-venv)")
+        return
+    probe = await trio.run_process(
+        [str(python), "-c", "import ray, ray.serve; print(ray.__version__)"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        tail = probe.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        rep.skipped("Ray Serve reference", f"{python} cannot import ray.serve: {tail}")
+        return
+    argv = [str(python), str(RAY_REFERENCE), "--result-file", rep.path]
+    argv += ["--warmup-s", str(s.warmup_s), "--window-s", str(s.window_s)]
+    argv += ["--windows", str(s.windows), "--case-timeout-s", str(s.case_timeout_s)]
+    rep.flush()
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        # Ray's start-up plus five cases, each bounded inside the child
+        line = await _read_line(proc.stdout, "URL ", 180 + 5 * s.case_timeout_s)
+        if line == "FAILED":
+            return  # the child wrote its error to the result file
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, proc.stdout)  # so Ray's output never blocks it
+            await _http_cases(rep, line.split(" ", 1)[1], lambda _case: ())
+            nursery.cancel_scope.cancel()
+    finally:
+        await _stop_child(proc)
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some(65536):
+        pass
 
 
 # -- lifecycle
@@ -438,7 +635,7 @@ async def workload_lifecycle(rep: Reporter) -> None:
             if rep_index == 0:
                 rep.scalar("cold start, first in process", cold, "s")
                 # memory after some traffic, so buffers and caches are in use
-                await closed_loop(handle.remote, 16, warmup_s=0.0, duration_s=s.warmup_s + 0.5)
+                await closed_loop(handle.remote, 16, warmup_s=0.0, window_s=s.warmup_s + 0.5)
                 if len(pids) != 1:
                     rep.error("replica RSS", f"expected one replica PID, status gave {pids}")
                 else:
@@ -476,7 +673,7 @@ async def workload_replicas(rep: Reporter) -> None:
     async with serve.open_serve(http_port=None) as instance:
         one = await instance.run(Noop.bind(), name="one", route_prefix=None)
         check(await one.remote(7), 7, "one replica")
-        await rep.load("c64, 1 replica", one.remote, 64, raw_case="c64")
+        await rep.load("c64, 1 replica", one.remote, 64, refs=raw_and_ray("c64"))
         await instance.delete("one")
 
         t0 = time.perf_counter()
@@ -500,7 +697,7 @@ async def workload_replicas(rep: Reporter) -> None:
                 f"run() returned with running_replicas={running}, {len(set(pids))} PIDs",
             )
         check(await many.remote(7), 7, "many replicas")
-        await rep.load(f"c64, {n} replicas", many.remote, 64, raw_case="c64")
+        await rep.load(f"c64, {n} replicas", many.remote, 64, refs=raw_and_ray("c64"))
         total, n_children = total_rss_mib()
         rep.scalar(
             f"total RSS with {n} replicas", total, "MiB", child_processes=n_children, replicas=n
@@ -518,12 +715,23 @@ class Workload:
     #: bound on the whole worker process, in units of measured cases plus a base
     cases: int = 1
     base_timeout_s: float = 60.0
+    #: a reference (not trioserve): its figures are what trioserve's are compared with
+    reference: bool = False
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
-        Workload("raw", "raw baseline (ws + msgspec)", workload_raw, cases=5),
+        Workload("raw", "raw ws echo, 1 msg/request", workload_raw, cases=5, reference=True),
+        Workload("fastapi", "FastAPI on uvicorn", workload_fastapi, cases=3, reference=True),
+        Workload(
+            "ray",
+            "Ray Serve",
+            workload_ray,
+            cases=8,
+            base_timeout_s=400,
+            reference=True,
+        ),
         Workload("handle", "async handle", workload_handle, cases=3),
         Workload("inline", "async handle, inline", workload_inline, cases=3),
         Workload("sync", "sync handle", workload_sync, is_async=False, cases=1),
@@ -538,7 +746,8 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def worker_timeout_s(workload: Workload, settings: Settings) -> float:
-    per_case = settings.warmup_s + settings.duration_s + max(5.0, settings.wrk_duration_s)
+    windows = settings.windows * max(settings.window_s, settings.wrk_window_s + 0.5)
+    per_case = settings.warmup_s + windows + 5.0
     return workload.base_timeout_s + workload.cases * (per_case + 10.0)
 
 
@@ -568,11 +777,10 @@ async def _hang(rep: Reporter) -> None:
         await trio.sleep_forever()
 
 
-def run_worker(name: str, result_file: str, quick: bool) -> int:
+def run_worker(name: str, result_file: str, settings: Settings) -> int:
     workload = WORKLOADS[name]
     if os.environ.get(HANG_ENV) == name:
         workload = attrs.evolve(workload, run=_hang, is_async=True)
-    settings = Settings.make(quick)
     rep = Reporter(result_file, name, settings)
     code = 0
     try:

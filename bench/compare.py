@@ -1,12 +1,15 @@
 """Compare two revisions on the same workloads in one run:
-``python bench/compare.py BASE [HEAD] [--only NAME[,NAME]] [--quick] [--rounds N]``.
+``python bench/compare.py BASE [HEAD] [--only NAME[,NAME]] [--quick] [--rounds N]
+[--windows N] [--ray-venv PATH]``.
 
 Each revision is checked out in a temporary git worktree (``HEAD`` defaults to the working
 tree as it is), this checkout's ``bench/`` scripts are copied into it, and it is measured from
 there (its own directory current, itself first on ``PYTHONPATH``), so both sides run the same
 workloads and only the packages differ. With ``--rounds N`` the revisions alternate N
-times and each figure is the median of its rounds. The table shows every figure both sides
-measured, side by side, with HEAD / BASE.
+times and each figure is the median of its rounds (each round's request figure is itself the
+median of its windows, see ``bench_stats``). The table shows every figure both sides
+measured, side by side, with HEAD / BASE; the reference workloads (raw, fastapi, ray), when
+measured, are in it too and should come out near 1.00x: how far they move is the noise.
 
 This is how the figures in ``bench/README.md`` ("What each optimisation bought") are made.
 """
@@ -34,8 +37,8 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
-def _measure(tree: Path, out: Path, only: str, quick: bool) -> dict[str, Any]:
-    argv = [sys.executable, str(tree / "bench" / "run.py"), "--out", str(out)]
+def _measure(tree: Path, out: Path, only: str, quick: bool, extra: list[str]) -> dict[str, Any]:
+    argv = [sys.executable, str(tree / "bench" / "run.py"), "--out", str(out), *extra]
     if only:
         argv += ["--only", only]
     if quick:
@@ -50,13 +53,14 @@ def _measure(tree: Path, out: Path, only: str, quick: bool) -> dict[str, Any]:
 
 
 def _values(report: dict[str, Any]) -> dict[tuple[str, str, str], float]:
-    """Every figure of a report as ``(workload, case, quantity) -> value``."""
+    """Every figure of a report as ``(workload, case, quantity) -> value``: for request
+    figures the median over their windows (``value`` in results from before windows)."""
     found: dict[tuple[str, str, str], float] = {}
     for f in report["figures"]:
         key = (f["workload"], f["case"])
         if f["kind"] == "requests":
             for quantity, unit in (("throughput", "req/s"), ("p50", "ms"), ("p99", "ms")):
-                value = f[quantity]["value"]
+                value = f[quantity].get("median", f[quantity]["value"])
                 if value is not None:
                     found[(*key, f"{quantity} {unit}")] = value
         else:
@@ -94,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated workloads (see run.py)")
     parser.add_argument("--quick", action="store_true", help="short windows (smoke check)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the revisions N times")
+    parser.add_argument("--windows", type=int, metavar="N", help="passed to run.py")
+    parser.add_argument("--ray-venv", metavar="PATH", help="passed to run.py")
     args = parser.parse_args(argv)
+    extra = ["--windows", str(args.windows)] if args.windows else []
+    extra += ["--ray-venv", args.ray_venv] if args.ray_venv else []
     sides = [args.base, args.head]
     labels = [args.base, args.head or "working tree"]
     results: list[list[dict[Any, float]]] = [[], []]
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i, tree in enumerate(trees):
                     print(f"[compare] round {round_ + 1}: {labels[i]}", flush=True)
                     out = Path(tmp) / f"side{i}-round{round_}.json"
-                    results[i].append(_values(_measure(tree, out, args.only, args.quick)))
+                    results[i].append(_values(_measure(tree, out, args.only, args.quick, extra)))
         finally:
             for tree in trees:
                 if tree != ROOT:

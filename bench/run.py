@@ -1,10 +1,16 @@
-"""Run the trioserve benchmark suite: ``python bench/run.py [--quick] [--only NAME[,NAME]]``.
+"""Run the trioserve benchmark suite: ``python bench/run.py [--quick] [--only NAME[,NAME]]
+[--windows N] [--ray-venv PATH]``.
 
 Each workload runs in a worker process of its own (this script, ``--worker NAME``), bounded
 by a timeout; a workload that crashes or hangs is reported as failed (its processes are
-ended by PID) and the others still run. A full run writes
-``bench/results/<YYYY-MM-DD>.json`` and ``bench/results/latest.md`` and prints the table;
-``--quick`` and ``--only`` runs print the table and write files only with ``--out``.
+ended by PID) and the others still run. Every request figure is measured in several windows
+(``--windows``, default 5) and reported as the median with the min-max of its windows,
+beside the reference figures measured in the same run (the raw websocket echo, FastAPI on
+uvicorn, Ray Serve from ``--ray-venv``), each skipped with a note when its dependency is
+missing. A full run writes ``bench/results/<YYYY-MM-DD>.json`` and
+``bench/results/latest.md`` and prints the table; a ``--quick`` run writes
+``<YYYY-MM-DD>-quick.json`` and ``latest-quick.md`` there instead (git-ignored); ``--only``
+runs print the table and write files only with ``--out``.
 
 See ``bench/README.md`` for what each workload measures.
 """
@@ -38,6 +44,9 @@ from bench_workloads import (  # noqa: E402 (after the path set-up above)
 )
 
 PACKAGES = ["trio", "trio-websocket", "msgspec", "h11", "cloudpickle", "httpx", "psutil"]
+#: the FastAPI reference's packages (recorded when installed)
+DASH = "\u2013"  # the en dash of "median (min\u2013max)"
+REFERENCE_PACKAGES = ["fastapi", "uvicorn", "uvloop", "httptools"]
 
 
 # -- machine and run information
@@ -57,7 +66,7 @@ def machine_info() -> dict[str, Any]:
     import psutil
 
     versions = {}
-    for name in PACKAGES:
+    for name in PACKAGES + REFERENCE_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -122,12 +131,12 @@ def _end_tree(pid: int) -> list[int]:
 
 
 def run_workload(
-    name: str, quick: bool, timeout: float | None = None
+    name: str, quick: bool, settings: Settings, timeout: float | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one workload's worker process; returns its status record and its JSON lines."""
     workload = WORKLOADS[name]
     if timeout is None:
-        timeout = worker_timeout_s(workload, Settings.make(quick))
+        timeout = worker_timeout_s(workload, settings)
     with tempfile.TemporaryDirectory(prefix=f"trioserve-bench-{name}-") as tmp:
         result_file = Path(tmp) / "results.jsonl"
         log_file = Path(tmp) / "worker.log"
@@ -135,6 +144,7 @@ def run_workload(
         argv += ["--result-file", str(result_file)]
         if quick:
             argv.append("--quick")
+        argv += settings.argv()
         started = time.perf_counter()
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -153,7 +163,11 @@ def run_workload(
                 if line.strip():
                     records.append(json.loads(line))
         log_tail = log_file.read_text(errors="replace").strip().splitlines()[-15:]
-    status: dict[str, Any] = {"title": workload.title, "wall_s": round(wall, 2)}
+    status: dict[str, Any] = {
+        "title": workload.title,
+        "reference": workload.reference,
+        "wall_s": round(wall, 2),
+    }
     errors = [r for r in records if r["type"] == "error"]
     if timed_out:
         status["status"] = "failed"
@@ -185,28 +199,60 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value >= 1 else f"{value:.3f}"
 
 
+def _median(quantity: dict[str, Any] | None) -> float | None:
+    """The median of a figure's quantity (``value`` in results from before windows)."""
+    if not quantity:
+        return None
+    value = quantity.get("median", quantity.get("value"))
+    return None if value is None else float(value)
+
+
+def _spread(quantity: dict[str, Any] | None) -> str:
+    """``median (min-max)`` (an en dash), or the median alone when there is one window."""
+    median = _median(quantity)
+    if quantity is None or median is None:
+        return "-"
+    lo, hi = quantity.get("min"), quantity.get("max")
+    if lo is None or hi is None or lo == hi:
+        return _fmt(median)
+    return f"{_fmt(median)} ({_fmt(lo)}{DASH}{_fmt(hi)})"
+
+
 def _ratio(value: float | None, base: float | None) -> float | None:
     if value is None or not base:
         return None
     return value / base
 
 
-def attach_ratios(figures: list[dict[str, Any]]) -> None:
-    raw = {f["case"]: f for f in figures if f["workload"] == "raw" and f["kind"] == "requests"}
+def attach_ratios(report: dict[str, Any]) -> None:
+    """For every figure with references: the ratios of its medians to each reference's
+    medians (same run), in ``vs``; references that were not measured are left out."""
+    figures = report["figures"]
+    found = {
+        (f["workload"], f["case"]): f
+        for f in figures
+        if f["kind"] == "requests" and report["workloads"][f["workload"]].get("reference")
+    }
     for f in figures:
-        if f["kind"] != "requests" or f["workload"] == "raw":
+        if f["kind"] != "requests":
             continue
-        base = raw.get(f.get("raw_case") or "")
-        if base is None:
-            f["vs_raw"] = None
-            continue
-        f["vs_raw"] = {
-            "raw_case": base["case"],
-            "throughput": _round(_ratio(f["throughput"]["value"], base["throughput"]["value"])),
-            "p50": _round(_ratio(f["p50"]["value"], base["p50"]["value"])),
-            "p99": _round(_ratio(f["p99"]["value"], base["p99"]["value"])),
-            "unit": "x raw (throughput: higher is better; latency: lower is better)",
-        }
+        f["vs"] = []
+        for ref in f.get("references") or []:
+            base = found.get((ref["workload"], ref["case"]))
+            if base is None:
+                continue
+            f["vs"].append(
+                {
+                    "workload": ref["workload"],
+                    "case": ref["case"],
+                    **{
+                        q: _round(_ratio(_median(f[q]), _median(base[q])))
+                        for q in ("throughput", "p50", "p99")
+                    },
+                    "unit": "x reference, of the medians (throughput: higher is better; "
+                    "latency: lower is better)",
+                }
+            )
 
 
 def _round(x: float | None) -> float | None:
@@ -217,9 +263,14 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _lat(f: dict[str, Any]) -> str:
+    return f"{_fmt(_median(f['p50']))} / {_fmt(_median(f['p99']))}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     s = report["settings"]
+    workloads = report["workloads"]
     lines = [
         f"# trioserve benchmarks, {report['date']} ({report['mode']} run)",
         "",
@@ -231,27 +282,57 @@ def markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
         + f"; wrk: {m['wrk'] or 'not installed'}",
         f"- Commit {m['git_commit'] or '?'}{' (dirty)' if m['git_dirty'] else ''}",
-        f"- Closed loop: N tasks back to back, {s['warmup_s']} s warmup then a "
-        f"{s['duration_s']} s window; one process replica, max_ongoing_requests=1000 "
-        f"unless stated. Ratios are to the raw baseline at the same concurrency "
-        f"(and payload).",
+        f"- Closed loop: N tasks back to back, {s['warmup_s']} s warmup then "
+        f"{s['windows']} consecutive windows of {s['window_s']} s (wrk: {s['windows']} runs "
+        f"of {s['wrk_window_s']} s); one process replica, max_ongoing_requests=1000 unless "
+        f"stated.",
+        f"- Every figure is the median over its windows, with the min{DASH}max of the "
+        "windows' "
+        "req/s in brackets; p50 and p99 are the medians of the windows' p50 and p99. "
+        "Ratios are trioserve / reference of the medians, both measured in this run: "
+        "req/s above 1 is faster than the reference, latency above 1 slower.",
         "",
-        "## Requests",
+        "## trioserve against the references",
         "",
-        "| Workload | Case | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | p99 vs raw |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Workload | Case | req/s | p50 / p99 ms | Reference | ref req/s | ref p50 / p99 ms "
+        "| req/s ratio | p50 ratio | p99 ratio |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     figures = report["figures"]
+    by_key = {(f["workload"], f["case"]): f for f in figures if f["kind"] == "requests"}
     for f in figures:
-        if f["kind"] != "requests":
+        if f["kind"] != "requests" or workloads[f["workload"]].get("reference"):
             continue
-        vs = f.get("vs_raw") or {}
-        title = report["workloads"][f["workload"]]["title"]
-        lines.append(
-            f"| {title} | {f['case']} | {_fmt(f['throughput']['value'])} | "
-            f"{_fmt(f['p50']['value'])} | {_fmt(f['p99']['value'])} | "
-            f"{_x(vs.get('throughput'))} | {_x(vs.get('p50'))} | {_x(vs.get('p99'))} |"
+        head = (
+            f"| {workloads[f['workload']]['title']} | {f['case']} | "
+            f"{_spread(f['throughput'])} | {_lat(f)} | "
         )
+        vs = f.get("vs") or []
+        if not vs:
+            lines.append(head + "- | - | - | - | - | - |")
+        for v in vs:
+            base = by_key[(v["workload"], v["case"])]
+            lines.append(
+                head + f"{workloads[v['workload']]['title']} {v['case']} | "
+                f"{_spread(base['throughput'])} | {_lat(base)} | "
+                f"{_x(v['throughput'])} | {_x(v['p50'])} | {_x(v['p99'])} |"
+            )
+    refs = [
+        f for f in figures if f["kind"] == "requests" and workloads[f["workload"]].get("reference")
+    ]
+    if refs:
+        lines += [
+            "",
+            "## References (same run)",
+            "",
+            "| Reference | Case | req/s | p50 ms | p99 ms |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for f in refs:
+            lines.append(
+                f"| {workloads[f['workload']]['title']} | {f['case']} | "
+                f"{_spread(f['throughput'])} | {_spread(f['p50'])} | {_spread(f['p99'])} |"
+            )
     scalars = [f for f in figures if f["kind"] == "scalar"]
     if scalars:
         lines += [
@@ -262,14 +343,14 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---:|",
         ]
         for f in scalars:
-            title = report["workloads"][f["workload"]]["title"]
+            title = workloads[f["workload"]]["title"]
             v = f["value"]
             lines.append(f"| {title} | {f['case']} | {_fmt(v['value'])} {v['unit']} |")
     many = _compare_replicas(figures)
     if many:
         lines += ["", many]
     problems = []
-    for name, w in report["workloads"].items():
+    for name, w in workloads.items():
         if w["status"] != "ok":
             problems.append(
                 f"- **{name}: {w['status']}**" + (f": {w['error']}" if "error" in w else "")
@@ -288,10 +369,10 @@ def _compare_replicas(figures: list[dict[str, Any]]) -> str:
     if len(rows) != 2:
         return ""
     one, many = rows
-    ratio = _ratio(many["throughput"]["value"], one["throughput"]["value"])
+    ratio = _ratio(_median(many["throughput"]), _median(one["throughput"]))
     return (
         f"Many replicas: c64 throughput with {many['case'].split(', ')[1]} is "
-        f"{_x(ratio)} the throughput with 1 replica (same run, same instance)."
+        f"{_x(ratio)} the throughput with 1 replica (medians; same run, same instance)."
     )
 
 
@@ -303,6 +384,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short durations (smoke check)")
     parser.add_argument(
         "--only", default="", help=f"comma-separated workloads among: {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        metavar="N",
+        help="windows per request figure (default 5; 3 with --quick)",
+    )
+    parser.add_argument(
+        "--window-s",
+        type=float,
+        metavar="SECONDS",
+        help="length of each window (default 2; 0.5 with --quick)",
+    )
+    parser.add_argument(
+        "--ray-venv",
+        metavar="PATH",
+        help="a virtualenv with ray[serve]: measure Ray Serve as a reference (skipped without)",
     )
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     parser.add_argument("--out", type=Path, help="write the JSON here (and a .md next to it)")
@@ -319,8 +417,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.windows is not None and args.windows < 1:
+        print("--windows must be at least 1", file=sys.stderr)
+        return 2
+    settings = Settings.make(args.quick, args.windows, args.window_s, args.ray_venv)
     if args.worker:
-        return run_worker(args.worker, args.result_file, args.quick)
+        return run_worker(args.worker, args.result_file, settings)
     if args.list:
         for w in WORKLOADS.values():
             print(f"{w.name:10} {w.title}")
@@ -330,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown workloads: {unknown}; choose among {list(WORKLOADS)}", file=sys.stderr)
         return 2
-    partial = bool(args.only) or args.quick
     mode = ("quick" if args.quick else "full") + (" partial" if args.only else "")
-    settings = Settings.make(args.quick)
     now = datetime.datetime.now().astimezone()
     report: dict[str, Any] = {
         "date": now.date().isoformat(),
@@ -342,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": {
             "warmup_s": settings.warmup_s,
-            "duration_s": settings.duration_s,
-            "wrk_duration_s": settings.wrk_duration_s,
+            "window_s": settings.window_s,
+            "windows": settings.windows,
+            "wrk_window_s": settings.wrk_window_s,
+            "ray_venv": settings.ray_venv,
             "many_replicas": settings.many_replicas,
             "lifecycle_reps": settings.lifecycle_reps,
             "max_ongoing_requests": 1000,
@@ -356,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in selected:
         print(f"[bench] {name}: {WORKLOADS[name].title} ...", flush=True)
-        status, records = run_workload(name, args.quick, args.worker_timeout)
+        status, records = run_workload(name, args.quick, settings, args.worker_timeout)
         report["workloads"][name] = status
         for r in records:
             kind = r.pop("type")
@@ -379,22 +481,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    | {tail}", flush=True)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    attach_ratios(report["figures"])
+    attach_ratios(report)
     table = markdown(report)
     print()
     print(table)
     out: Path | None = args.out
-    if out is None and not partial:
-        out = RESULTS / f"{report['date']}.json"
+    md: Path | None = None if out is None else out.with_suffix(".md")
+    if out is None and not args.only:
+        # a quick run has files of its own, so it never replaces a full run's
+        suffix = "-quick" if args.quick else ""
+        out = RESULTS / f"{report['date']}{suffix}.json"
+        md = RESULTS / f"latest{suffix}.md"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"[bench] wrote {out}")
-        md = RESULTS / "latest.md" if args.out is None else out.with_suffix(".md")
+        assert md is not None
         md.write_text(table)
         print(f"[bench] wrote {md}")
     print(f"[bench] total {report['wall_s']:.1f}s")
-    failed = [n for n, w in report["workloads"].items() if w["status"] == "failed"]
+    # a reference that fails is reported, but only trioserve's own failures fail the run
+    failed = [
+        n for n, w in report["workloads"].items() if w["status"] == "failed" and not w["reference"]
+    ]
     return 1 if failed else 0
 
 
