@@ -34,10 +34,12 @@ def test_ledger_gives_whole_gpus_distinct_ids() -> None:
     assert sorted(g.gpu_ids[0] for g in ids if isinstance(g, Grant)) == ["0", "1", "2"]
     short = _grant(ledger, "r3", num_gpus=1)
     assert isinstance(short, Shortage)
-    assert short.resource == "GPUs" and "needs 1 GPUs, 0 of 3 free" in short.describe()
+    assert short.resource == "GPUs"
+    assert "needs 1 GPUs, 0 of 3 free" in short.describe()
     ledger.release("r1")
     again = _grant(ledger, "r3", num_gpus=1)
-    assert isinstance(again, Grant) and again.gpu_ids == ids[1].gpu_ids  # type: ignore[union-attr]
+    assert isinstance(again, Grant)
+    assert again.gpu_ids == ids[1].gpu_ids
 
 
 def test_ledger_packs_fractional_gpus_onto_one_id() -> None:
@@ -45,10 +47,12 @@ def test_ledger_packs_fractional_gpus_onto_one_id() -> None:
     ledger = Ledger(Capacity(num_cpus=8, gpu_ids=("0", "1")))
     a = _grant(ledger, "a", num_gpus=0.5)
     b = _grant(ledger, "b", num_gpus=0.5)
-    assert isinstance(a, Grant) and isinstance(b, Grant)
+    assert isinstance(a, Grant)
+    assert isinstance(b, Grant)
     assert a.gpu_ids == b.gpu_ids
     whole = _grant(ledger, "c", num_gpus=1)
-    assert isinstance(whole, Grant) and whole.gpu_ids != a.gpu_ids
+    assert isinstance(whole, Grant)
+    assert whole.gpu_ids != a.gpu_ids
 
 
 def test_ledger_counts_cpus_memory_and_custom_resources() -> None:
@@ -56,14 +60,19 @@ def test_ledger_counts_cpus_memory_and_custom_resources() -> None:
     ledger = Ledger(Capacity(num_cpus=2, memory=100, custom={"accel": 1}))
     assert isinstance(_grant(ledger, "a", num_cpus=1.5, memory=60), Grant)
     short = _grant(ledger, "b", num_cpus=1)
-    assert isinstance(short, Shortage) and short.resource == "CPUs" and short.free == 0.5
+    assert isinstance(short, Shortage)
+    assert short.resource == "CPUs"
+    assert short.free == 0.5
     short = _grant(ledger, "c", memory=50)
-    assert isinstance(short, Shortage) and short.resource == "memory"
+    assert isinstance(short, Shortage)
+    assert short.resource == "memory"
     assert isinstance(_grant(ledger, "d", accel=1), Grant)
     short = _grant(ledger, "e", accel=1)
-    assert isinstance(short, Shortage) and short.resource == "accel"
+    assert isinstance(short, Shortage)
+    assert short.resource == "accel"
     short = _grant(ledger, "f", unknown_thing=1)
-    assert isinstance(short, Shortage) and short.total == 0
+    assert isinstance(short, Shortage)
+    assert short.total == 0
 
 
 def test_ray_actor_options_become_resources_and_env_vars() -> None:

@@ -59,7 +59,8 @@ def test_runtime_file_of_a_dead_process_is_stale_and_replaced(tmp_path: Path) ->
     assert read_runtime_file(9000, tmp_path) is None
     write_runtime_file(9000, "http://127.0.0.1:9000", "new", tmp_path)
     record = read_runtime_file(9000, tmp_path)
-    assert record is not None and record.token == "new"
+    assert record is not None
+    assert record.token == "new"
 
 
 def test_remove_runtime_file_leaves_another_process_file(tmp_path: Path) -> None:
