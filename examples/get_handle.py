@@ -39,7 +39,8 @@ def sync_part() -> None:
         from_python = handle.say_hello.remote("Alice").result()
         print(f"handle.say_hello.remote('Alice') -> {from_python}")
         # ...and __call__ gives the same answer for the request HTTP would deliver.
-        request = serve.Request(method="GET", path="/", query_string="name=Alice")
+        scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"name=Alice"}
+        request = serve.Request({**scope, "headers": []})
         from_request = handle.remote(request).result()
         print(f"handle.remote(Request(GET /?name=Alice)) -> {from_request}")
         assert from_python == from_request == "Hello Alice!"

@@ -20,7 +20,7 @@ from ._handles import context as _context
 from ._handles.handle import DeploymentHandle
 from ._handles.router import Router
 from ._http.control import ControlAPI
-from ._http.proxy import HTTPProxy
+from ._http.proxy import HTTPProxy, validate_route_prefix
 from ._http.server import HTTPLimits, HTTPServer
 from ._runtime_file import remove_runtime_file, write_runtime_file
 from ._schema import ApplicationSchema, ServeConfig, build_app, load_config
@@ -72,8 +72,8 @@ class ServeInstance:
         deployment that cannot start raises :class:`DeploymentFailedError` from its error."""
         if not isinstance(app, Application):
             raise TypeError(f"run() takes an application made with Deployment.bind(), got {app!r}")
-        if route_prefix is not None and not route_prefix.startswith("/"):
-            raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
+        if route_prefix is not None:
+            validate_route_prefix(route_prefix)
         await self._controller.deploy(app, name, route_prefix, force_inline=local_testing_mode)
         return self.get_app_handle(name)
 
@@ -159,7 +159,8 @@ async def open_serve(
     finds the token; ``None`` (the default here; the CLI's is 8265) opens none.
     ``resources`` overrides what the host offers replicas (``num_cpus``, ``num_gpus``,
     ``memory``, custom names); by default CPUs come from the machine and GPUs from
-    ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi``.
+    ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi``. ``access_log`` logs one line per HTTP request
+    (method, path, status, duration, request id) on the ``trioserve.access`` logger.
 
     Tasks: the controller, its listener, the HTTP proxy and its connections, every
     deployment's supervisor and replicas, and the routers' timers, in this block's nursery.
@@ -186,6 +187,7 @@ async def open_serve(
                     controller,
                     request_timeout_s=request_timeout_s,
                     show_tracebacks=show_tracebacks,
+                    access_log=access_log,
                 )
                 instance.proxy = proxy
                 server = HTTPServer(proxy.handle, http_limits)

@@ -67,7 +67,7 @@ class Echo:
     async def __call__(self, x: Any) -> Any:
         await _work(self.rng)
         if isinstance(x, serve.Request):
-            n = x.json()["x"]
+            n = (await x.json())["x"]
             return {"x": n, "y": 3 * n + 1}
         return 3 * x + 1
 

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.lowlevel
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request as StarletteRequest
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 import trioserve as serve
+from trioserve._replica.request_context import get_request_context
 
 
 class ModelBrokeError(Exception):
@@ -43,14 +54,15 @@ class Lab:
         return table.setdefault(key, trio.Event())
 
     async def __call__(self, request: serve.Request) -> Any:
-        action = request.path.rsplit("/", 1)[-1]
+        action = request.url.path.rsplit("/", 1)[-1]
         if action == "echo":
+            body = await request.body()
             return {
                 "app": self.name,
                 "method": request.method,
-                "path": request.path,
-                "query": request.query_params,
-                "json": request.json() if request.body else None,
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "json": await request.json() if body else None,
                 "content_type": request.headers.get("content-type"),
             }
         if action == "created":
@@ -147,7 +159,7 @@ class Held:
     async def __call__(self, request: serve.Request) -> str:
         self.entered.set()
         await self.released.wait()
-        return f"answered {request.path}"
+        return f"answered {request.url.path}"
 
     async def wait_entered(self) -> None:
         await self.entered.wait()
@@ -166,7 +178,7 @@ class Gated:
         self.latch = latch
 
     async def __call__(self, request: serve.Request) -> AsyncIterator[str]:
-        if request.path.endswith("/busy"):
+        if request.url.path.endswith("/busy"):
             yield "busy\n"
             await self.latch.wait.remote()
         yield "done\n"
@@ -227,7 +239,138 @@ class Pid:
 
     async def __call__(self, request: serve.Request) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
-        return {"pid": os.getpid(), "path": request.path}
+        return {"pid": os.getpid(), "path": request.url.path}
+
+
+@serve.deployment
+class Inspect:
+    """Answers with what it sees of the request, as JSON; ``.../stream`` reads the body
+    with ``request.stream()``, anything else with ``body()`` and ``json()``."""
+
+    async def __call__(self, request: serve.Request) -> dict[str, Any]:
+        if request.url.path.endswith("/stream"):
+            body = b"".join([chunk async for chunk in request.stream()])
+            return {"streamed": body.decode()}
+        raw = await request.body()
+        context = get_request_context()
+        return {
+            "method": request.method,
+            "path": request.url.path,
+            "url": str(request.url),
+            "root_path": request.scope["root_path"],
+            "path_params": request.path_params,
+            "query": dict(request.query_params),
+            "query_all": request.query_params.getlist("tag"),
+            "custom": request.headers["X-Custom-Header"],
+            "custom_lower": request.headers.get("x-custom-header"),
+            "client": list(request.client) if request.client else None,
+            "body": raw.decode(),
+            "json": await request.json() if raw else None,
+            "request_id": context.request_id,
+            "route": context.route,
+            "app_name": context.app_name,
+        }
+
+
+@serve.deployment
+class Responses:
+    """Returns a different Starlette response for each last path segment; ``.../streaming``
+    yields ``one``, blocks until ``release()`` (through a handle), then yields ``two``."""
+
+    def __init__(self) -> None:
+        self.released = trio.Event()
+        self.background_ran = trio.Event()
+        self.state = "idle"
+
+    async def __call__(self, request: serve.Request) -> Any:
+        kind = request.url.path.rsplit("/", 1)[-1]
+        if kind == "json":
+            response = JSONResponse({"made": True}, status_code=201, headers={"x-kind": "json"})
+            response.set_cookie("session", "abc")
+            response.set_cookie("theme", "dark")
+            return response
+        if kind == "plain":
+            return PlainTextResponse("plain text", status_code=202)
+        if kind == "html":
+            return HTMLResponse("<h1>hi</h1>")
+        if kind == "redirect":
+            return RedirectResponse("/elsewhere", status_code=307)
+        if kind == "file":
+            return FileResponse(request.query_params["path"], media_type="text/csv")
+        if kind == "background":
+            return PlainTextResponse("sent", background=BackgroundTask(self.background_ran.set))
+        if kind == "streaming":
+            return StreamingResponse(self._stream(), media_type="text/plain")
+        if kind == "sized":
+            return StreamingResponse(_sized(), headers={"content-length": "10"})
+        if kind == "plain-generator":
+            return _sized()
+        return Response(f"no kind {kind!r}", status_code=400)
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        self.state = "streaming"
+        yield b"one\n"
+        self.state = "blocked"
+        await self.released.wait()
+        yield b"two\n"
+        self.state = "finished"
+
+    async def release(self) -> None:
+        self.released.set()
+
+    async def current_state(self) -> str:
+        await trio.lowlevel.checkpoint()
+        return self.state
+
+    async def wait_background(self) -> bool:
+        await self.background_ran.wait()
+        return True
+
+
+async def _sized() -> AsyncIterator[bytes]:
+    yield b"01234"
+    await trio.lowlevel.checkpoint()
+    yield b"56789"
+
+
+@serve.deployment
+class NoRequest:
+    """A ``__call__`` without a request parameter."""
+
+    def __call__(self) -> str:
+        return "called without a request"
+
+
+@serve.deployment
+class SlowStream:
+    """Streams ``first``, then waits forever; when cancelled it writes ``cancelled`` to the
+    file named by ``?path=``."""
+
+    async def __call__(self, request: serve.Request) -> AsyncIterator[str]:
+        marker = request.query_params["path"]
+        try:
+            yield "first\n"
+            await trio.sleep_forever()
+        finally:
+            _write_marker(marker, "cancelled")
+
+
+def _write_marker(path: str, text: str) -> None:
+    """A tiny synchronous write (it must run even while the task is being cancelled)."""
+    Path(path).write_text(text)
+
+
+@serve.deployment
+class Fragile:
+    """Fails in its constructor unless built with ``ok=True``."""
+
+    def __init__(self, ok: bool) -> None:
+        if not ok:
+            raise ModelBrokeError("the constructor broke")
+
+    async def __call__(self, request: serve.Request) -> str:
+        await trio.lowlevel.checkpoint()
+        return "fixed"
 
 
 #: what ``trioserve run tests/trioserve/http_fixtures.py:app`` serves

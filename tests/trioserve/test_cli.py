@@ -225,6 +225,13 @@ def test_cli_run_targets_in_readme_load(monkeypatch: pytest.MonkeyPatch) -> None
     targets = re.findall(r"^trioserve run (\S+)", readme, flags=re.MULTILINE)
     assert targets, "the README shows no `trioserve run` command"
     for target in targets:
+        if target.endswith((".yaml", ".yml", ".json")):
+            from trioserve._schema import build_app, load_config
+
+            sys.path.insert(0, str((REPO / target).parent))
+            for app in load_config(REPO / target).applications:
+                assert isinstance(build_app(app), serve.Application), (target, app.name)
+            continue
         assert isinstance(load_target(target), serve.Application), target
 
 

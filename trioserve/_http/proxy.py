@@ -5,7 +5,11 @@ failures to status codes, and serves the operations endpoints under ``/-/``."""
 from __future__ import annotations
 
 import collections
+import logging
+import math
+import uuid
 from collections.abc import AsyncIterator
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -14,7 +18,7 @@ import trio
 
 from .._handles.handle import DeploymentHandle
 from .._metrics import Counter, Gauge, Histogram, Labels, render
-from .._replica.http import Request
+from .._replica.http import HTTPRequest, request_meta
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from .server import HTTPReply, plain
 
@@ -23,10 +27,78 @@ if TYPE_CHECKING:
     from .._instance import ServeInstance
 
 METRICS_TIMEOUT_S = 2.0
+#: how long a 5xx answer waits for the error that may follow it in the stream (to log it)
+LATE_ERROR_WAIT_S = 1.0
+#: the longest ``x-request-id`` taken from a client (a longer one is replaced)
+MAX_REQUEST_ID_CHARS = 200
+logger = logging.getLogger("trioserve")
+access_logger = logging.getLogger("trioserve.access")
+
+
+def validate_route_prefix(prefix: str) -> None:
+    """Raise ``ValueError`` (showing the bad value) unless ``prefix`` is a route prefix:
+    starts with ``/``, does not end with ``/`` (``/`` itself aside), has no ``{`` or ``}``."""
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        problem = "must start with '/'"
+    elif prefix != "/" and prefix.endswith("/"):
+        problem = "must not end with '/' (unless it is '/')"
+    elif "{" in prefix or "}" in prefix:
+        problem = "must not contain '{' or '}' (route prefixes take no path parameters)"
+    else:
+        return
+    raise ValueError(f"route_prefix {problem}, got {prefix!r}")
+
+
+_FRAMING = ("content-length", "transfer-encoding")
+
+
+class _StreamTimeoutError(Exception):
+    """A streamed body outlived ``request_timeout_s``."""
+
+
+@attrs.frozen
+class _Where:
+    """What the logs say about a request."""
+
+    request_id: str
+    method: str
+    path: str
+    app: str
+    route_prefix: str
+    handle: DeploymentHandle
+
+
+def _request_id(request: HTTPRequest) -> str:
+    """The client's ``x-request-id`` when it sent a usable one, else a new uuid4 hex."""
+    given = _header(list(request.headers.items()), "x-request-id")
+    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+async def _collect(stream: Any) -> bytes:
+    """A response's body chunks, joined (up to the ``None`` that ends a body)."""
+    parts: list[bytes] = []
+    async for chunk in stream:
+        if chunk is None:
+            break
+        parts.append(bytes(chunk))
+    return b"".join(parts)
 
 
 class HTTPProxy:
-    """Answers HTTP requests for a serve instance (served by ``_http_server.serve_http``)."""
+    """Answers HTTP requests for a serve instance (served by ``_http_server.serve_http``).
+
+    Starts no tasks: each request runs in the server's task for it. A streamed body is
+    relayed as the server sends it; if that is cancelled midway, the replica's call is
+    cancelled with it."""
 
     def __init__(
         self,
@@ -35,11 +107,15 @@ class HTTPProxy:
         *,
         request_timeout_s: float | None = None,
         show_tracebacks: bool = False,
+        access_log: bool = False,
     ) -> None:
         self._instance = instance
         self._controller = controller
         self.request_timeout_s = request_timeout_s
         self.show_tracebacks = show_tracebacks
+        #: log one line per request (method, path, status, duration, request id) to the
+        #: ``trioserve.access`` logger
+        self.access_log = access_log
         self._handles: dict[tuple[str, str], DeploymentHandle] = {}
         self.requests = Counter(
             "trioserve_http_requests_total",
@@ -57,17 +133,27 @@ class HTTPProxy:
     # -- routing
 
     def match(self, path: str) -> str | None:
-        """The application whose route prefix is the longest match for ``path``."""
+        """The application whose route prefix is the longest match for ``path`` (whatever
+        its state: one that cannot serve answers 503, not 404)."""
         best: tuple[int, str] | None = None
         for app in self._controller.apps.values():
             prefix = app.route_prefix
-            if prefix is None or app.status not in ("RUNNING", "DEPLOYING"):
+            if prefix is None:
                 continue
             root = prefix.rstrip("/")
             matches = path == root or path.startswith(root + "/") or prefix == "/"
             if matches and (best is None or len(root) > best[0]):
                 best = (len(root), app.name)
         return best[1] if best else None
+
+    def _unavailable(self, app: str) -> str | None:
+        """Why ``app`` cannot answer at all right now, or None."""
+        state = self._controller.apps[app]
+        if state.status == "DEPLOY_FAILED":
+            return f"application {app!r} failed to deploy: {state.message}"
+        if state.status == "DELETING":
+            return f"application {app!r} is being deleted"
+        return None
 
     def _handle(self, app: str) -> DeploymentHandle:
         ingress = self._controller.app_ingress(app)
@@ -83,44 +169,67 @@ class HTTPProxy:
 
     # -- requests
 
-    async def handle(self, request: Request) -> HTTPReply:
+    async def handle(self, request: HTTPRequest) -> HTTPReply:
+        """Answer one request; every answer carries its ``x-request-id``."""
+        started = trio.current_time()
+        request_id = _request_id(request)
         if request.path.startswith("/-/"):
-            return await self._operations(request)
+            reply = await self._operations(request)
+        else:
+            reply = await self._route(request, request_id, started)
+        reply.headers = [(k, v) for k, v in reply.headers if k.lower() != "x-request-id"]
+        reply.headers.append(("x-request-id", request_id))
+        if self.access_log:
+            reply.body = self._logged(request, request_id, reply, started)
+        return reply
+
+    async def _route(self, request: HTTPRequest, request_id: str, started: float) -> HTTPReply:
         app = self.match(request.path)
         if app is None:
             self.requests.inc((("application", ""), ("deployment", ""), ("status", "404")))
             return plain(404, f"no application serves {request.path}\n")
+        reason = self._unavailable(app)
+        if reason is not None:
+            ingress = self._controller.apps[app].ingress
+            self.requests.inc((("application", app), ("deployment", ingress), ("status", "503")))
+            return plain(503, f"{reason}\n")
         handle = self._handle(app)
         labels: Labels = (("application", app), ("deployment", handle.deployment_name))
-        started = trio.current_time()
         self.ongoing.inc(labels)
         try:
-            reply = await self._forward(app, handle, request)
+            reply = await self._forward(app, handle, request, request_id)
         finally:
             self.ongoing.inc(labels, -1)
         self.requests.inc((*labels, ("status", str(reply.status))))
         self.latency.observe(labels, trio.current_time() - started)
         return reply
 
-    async def _forward(self, app: str, handle: DeploymentHandle, request: Request) -> HTTPReply:
+    async def _forward(
+        self, app: str, handle: DeploymentHandle, request: HTTPRequest, request_id: str
+    ) -> HTTPReply:
         route_prefix = self._controller.apps[app].route_prefix or "/"
-        stream = handle.remote(
-            request.method,
-            request.path,
-            request.query_string,
-            dict(request.headers),
-            request.body,
-            route_prefix,
+        server = None
+        if self._instance.http_port is not None:
+            server = (self._instance.http_host, self._instance.http_port)
+        meta = request_meta(
+            request, route_prefix=route_prefix, request_id=request_id, server=server
         )
+        stream = handle.remote(meta, request.body)
+        where = _Where(request_id, request.method, request.path, app, route_prefix, handle)
+        deadline = trio.current_time() + (self.request_timeout_s or math.inf)
         try:
-            with trio.move_on_after(self.request_timeout_s or float("inf")) as timer:
+            with trio.move_on_at(deadline) as timer:
                 head = await stream.__anext__()
-                whole = len(head) > 2 and head[2]
+                status, headers = int(head[0]), [(str(k), str(v)) for k, v in head[1]]
                 body: bytes | AsyncIterator[bytes]
-                if whole:
+                if head[2]:
                     body = await stream.__anext__()
+                elif _header(headers, "content-length") is not None:
+                    body = await _collect(stream)  # its length is known: no chunking
                 else:
-                    body = _rest(stream)
+                    body = self._relay(stream, deadline, where)
+                if status >= 500 and isinstance(body, bytes):
+                    await self._log_late_error(stream, where, deadline)
             if timer.cancelled_caught:
                 stream.cancel()
                 return plain(504, f"request timed out after {self.request_timeout_s}s\n")
@@ -129,9 +238,76 @@ class HTTPProxy:
         except DeploymentUnavailableError as exc:
             return plain(503, f"{exc}\n")
         except Exception as exc:
+            self._log_error(exc, where, stream)
             return self._error_reply(exc)
-        headers = [(str(k), str(v)) for k, v in head[1]]
-        return HTTPReply(int(head[0]), headers, body)
+        # the server sets these two from the body it sends (bytes: their length)
+        headers = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
+        return HTTPReply(status, headers, body)
+
+    async def _relay(self, stream: Any, deadline: float, where: _Where) -> AsyncIterator[bytes]:
+        """The body chunks of a streamed response, until its end or ``deadline`` (then the
+        stream is cancelled and the body cut); leaving early cancels the stream too."""
+        finished = False
+        try:
+            while True:
+                chunk: Any = None
+                with trio.move_on_at(deadline) as timer:
+                    try:
+                        chunk = await stream.__anext__()
+                    except StopAsyncIteration:
+                        finished = True
+                        return
+                if timer.cancelled_caught:
+                    raise _StreamTimeoutError(
+                        f"streamed response cut after request_timeout_s={self.request_timeout_s}"
+                    )
+                if chunk is None:  # the body is complete; the call may go on
+                    finished = True
+                    return
+                yield bytes(chunk)  # outside the cancel scope: never yield inside one
+        except _StreamTimeoutError as exc:
+            logger.warning("request %s %s: %s", where.request_id, where.path, exc)
+            raise
+        except Exception as exc:
+            self._log_error(exc, where, stream, mid_stream=True)
+            raise
+        finally:
+            if not finished:
+                stream.cancel()
+
+    async def _log_late_error(self, stream: Any, where: _Where, deadline: float) -> None:
+        """An app answered 5xx (Starlette's error middleware answers 500, then re-raises):
+        wait, briefly, for the error that may follow, to log it."""
+        with trio.move_on_at(min(deadline, trio.current_time() + LATE_ERROR_WAIT_S)):
+            try:
+                async for _ in stream:
+                    pass
+            except Exception as exc:
+                self._log_error(exc, where, stream)
+
+    def _log_error(
+        self, exc: BaseException, where: _Where, stream: Any, *, mid_stream: bool = False
+    ) -> None:
+        """Log a request that failed in user code (or lost its replica): request id, route,
+        deployment, replica, and the replica's traceback."""
+        traceback = getattr(exc, "remote_traceback", "") or "".join(
+            format_exception(type(exc), exc, exc.__traceback__)
+        )
+        logger.error(
+            "request %s %s %s failed%s: %s: %s (application %r, route %r, deployment %r, "
+            "replica %s)\n%s",
+            where.request_id,
+            where.method,
+            where.path,
+            " mid-stream" if mid_stream else "",
+            type(exc).__name__,
+            exc,
+            where.app,
+            where.route_prefix,
+            where.handle.deployment_name,
+            getattr(stream, "replica_id", None),
+            traceback.rstrip(),
+        )
 
     def _error_reply(self, exc: BaseException) -> HTTPReply:
         text = f"Internal Server Error: {type(exc).__name__}: {exc}\n"
@@ -139,11 +315,47 @@ class HTTPProxy:
             text += getattr(exc, "remote_traceback", "")
         return plain(500, text)
 
+    def _logged(
+        self, request: HTTPRequest, request_id: str, reply: HTTPReply, started: float
+    ) -> bytes | AsyncIterator[bytes]:
+        """``reply``'s body, writing the access log line once it is sent (a streamed body:
+        once it ends)."""
+
+        def line(outcome: str = "") -> None:
+            duration_ms = (trio.current_time() - started) * 1000
+            access_logger.info(
+                "%s %s %d %.1fms %s%s",
+                request.method,
+                request.path,
+                reply.status,
+                duration_ms,
+                request_id,
+                outcome,
+            )
+
+        body = reply.body
+        if isinstance(body, bytes):
+            line()
+            return body
+
+        async def relay(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            outcome = " (cut)"
+            try:
+                async for chunk in chunks:
+                    yield chunk
+                outcome = ""
+            finally:
+                line(outcome)
+
+        return relay(body)
+
     # -- operations
 
-    async def _operations(self, request: Request) -> HTTPReply:
+    async def _operations(self, request: HTTPRequest) -> HTTPReply:
         path = request.path
         if path == "/-/healthz":
+            if not any(a.route_prefix is not None for a in self._controller.apps.values()):
+                return plain(503, "no application has a route yet\n")
             return plain(200, "success")
         if path == "/-/routes":
             routes = {

@@ -1,13 +1,22 @@
 """``@serve.ingress(asgi_app)``: an ASGI application (Starlette, FastAPI) as a deployment's
-HTTP entry point, run inside the replica."""
+HTTP entry point, run inside the replica.
+
+A FastAPI app whose routes are methods of the decorated class (Ray Serve's class-based
+ingress) gets those routes rewritten in the replica so that FastAPI injects ``self`` -- the
+replica's instance -- as a dependency instead of reading it from the request.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import copyreg
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-import trio
+from starlette.datastructures import State
+
+from .http import Emit, ResponseSender, body_receiver
 
 ASGIApp = Callable[
     [
@@ -19,6 +28,23 @@ ASGIApp = Callable[
 ]
 C = TypeVar("C", bound=type)
 ASGI_ATTR = "__serve_asgi_app__"
+_BOUND_ATTR = "__serve_bound_self__"
+
+#: the user object of the replica answering the current request (what ``self`` is in a
+#: class-based FastAPI route)
+_instance: contextvars.ContextVar[Any] = contextvars.ContextVar("trioserve_ingress_instance")
+
+
+def _reduce_state(state: State) -> tuple[type[State], tuple[dict[str, Any]]]:
+    return State, (dict(state._state),)
+
+
+# Starlette's ``State`` (every Starlette/FastAPI app has one in ``app.state``) cannot be
+# unpickled: unpickling looks up ``__setstate__`` before ``_state`` exists, and its
+# ``__getattr__`` then recurses forever (the RecursionError a class defined in ``__main__``
+# hit on deploy, when it travelled to the replica by value with its app). Pickle it by its
+# contents instead.
+copyreg.pickle(State, _reduce_state)
 
 
 class MountedASGI:
@@ -36,8 +62,12 @@ class MountedASGI:
             params = {}  # type: ignore[assignment]
         self.is_factory = len(params) == 0
 
-    def get(self) -> ASGIApp:
-        return self.target() if self.is_factory else self.target  # type: ignore[no-any-return]
+    def get(self, cls: type | None = None) -> ASGIApp:
+        """The app (built, for a factory), with ``cls``'s class-based routes bound."""
+        app: ASGIApp = self.target() if self.is_factory else self.target
+        if cls is not None:
+            bind_class_routes(app, cls)
+        return app
 
 
 def ingress(app: Any) -> Callable[[C], C]:
@@ -46,9 +76,8 @@ def ingress(app: Any) -> Callable[[C], C]:
     handle calls still reach the class's own methods.
 
     ``app`` is the application, or a function with no arguments that builds it (built once
-    per replica). Use a factory when the class is defined in a script run as ``__main__``:
-    the class then travels to replica processes by value, and some applications (Starlette's)
-    cannot be unpickled; a factory is rebuilt in the replica instead.
+    per replica). FastAPI routes that are methods of the class (``@app.get("/x")`` on a
+    method) get the replica's instance as ``self``.
     """
     mounted = MountedASGI(app)
 
@@ -56,72 +85,142 @@ def ingress(app: Any) -> Callable[[C], C]:
         if not isinstance(cls, type):
             raise TypeError("@serve.ingress decorates a class (put it under @serve.deployment)")
         setattr(cls, ASGI_ATTR, mounted)
+        _resolve_annotations(cls)
         return cls
 
     return wrap
 
 
-async def run_asgi(
-    app: ASGIApp,
-    emit: Callable[[Any], Awaitable[None]],
-    *,
-    method: str,
-    path: str,
-    query_string: str,
-    headers: dict[str, str],
-    body: bytes,
-    route_prefix: str,
-) -> None:
-    """Run one HTTP request through ``app``; the head and body chunks go out via ``emit``
-    (head first, as ``[status, [[name, value], ...]]``)."""
-    root = "" if route_prefix == "/" else route_prefix.rstrip("/")
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,  # includes root_path, as ASGI 3 frameworks expect
-        "raw_path": path.encode(),
-        "root_path": root,
-        "query_string": query_string.encode(),
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-        "client": None,
-        "server": None,
-        "state": {},
+def _resolve_annotations(cls: type) -> None:
+    """Evaluate the string annotations (``from __future__ import annotations``) of ``cls``'s
+    methods now, where their module's names exist: a class from ``__main__`` travels by
+    value with only the globals its code uses, so FastAPI could not resolve, in the replica,
+    a Pydantic model named only in an annotation."""
+    for value in vars(cls).values():
+        fn = inspect.unwrap(value) if callable(value) else None
+        if not inspect.isfunction(fn):
+            continue
+        try:
+            fn.__annotations__ = inspect.get_annotations(fn, eval_str=True)
+        except Exception:  # why: an annotation that cannot be evaluated here stays a string
+            continue
+
+
+# -- class-based FastAPI routes
+
+
+async def _current_instance() -> Any:
+    """FastAPI dependency: the replica's instance answering this request."""
+    try:
+        return _instance.get()
+    except LookupError:
+        raise RuntimeError("a class-based route ran outside a trioserve replica") from None
+
+
+def _class_functions(cls: type) -> set[int]:
+    found: set[int] = set()
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            found.add(id(inspect.unwrap(value) if callable(value) else value))
+    return found
+
+
+def _belongs_to(endpoint: Any, cls: type, functions: set[int]) -> bool:
+    if id(endpoint) in functions or id(inspect.unwrap(endpoint)) in functions:
+        return True
+    # a method defined in the class body that FastAPI's decorator saw before the class existed
+    qualname: str = getattr(endpoint, "__qualname__", "")
+    return (
+        qualname.startswith(cls.__qualname__ + ".")
+        and "<locals>" not in qualname[len(cls.__qualname__) :]
+    )
+
+
+def _bind_self(endpoint: Any) -> None:
+    """Give ``endpoint`` (``def f(self, ...)``) a signature in which ``self`` is a FastAPI
+    dependency on the replica's instance and the other parameters are keyword-only."""
+    from fastapi import Depends
+
+    params = list(inspect.signature(endpoint).parameters.values())
+    if not params:
+        raise TypeError(
+            f"the class-based route {endpoint.__qualname__} must take self as its first argument"
+        )
+    first = params[0].replace(
+        kind=inspect.Parameter.POSITIONAL_OR_KEYWORD, default=Depends(_current_instance)
+    )
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[1:]]
+    endpoint.__signature__ = inspect.signature(endpoint).replace(parameters=[first, *rest])
+    setattr(endpoint, _BOUND_ATTR, True)
+
+
+def bind_class_routes(app: Any, cls: type) -> None:
+    """Rewrite the FastAPI routes of ``app`` (and of the routers it includes) that are
+    methods of ``cls`` so FastAPI injects ``self`` (and does not take it as a query
+    parameter). Each is rebuilt in place, keeping its order, so FastAPI analyses the new
+    signature. Idempotent; anything that is not a FastAPI app is left alone."""
+    try:
+        from fastapi import FastAPI
+    except ImportError:  # pragma: no cover - FastAPI is optional
+        return
+    if isinstance(app, FastAPI) and _bind_routes(app.router, cls, _class_functions(cls), set()):
+        app.openapi_schema = None  # built again, from the rewritten routes
+        app.middleware_stack = None  # built again on the next request
+
+
+def _bind_routes(router: Any, cls: type, functions: set[int], seen: set[int]) -> bool:
+    from fastapi.routing import APIRoute
+
+    if id(router) in seen:
+        return False
+    seen.add(id(router))
+    routes: list[Any] = router.routes
+    changed = False
+    for index, route in enumerate(list(routes)):
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.16x includes lazily
+        if included is not None:
+            changed = _bind_routes(included, cls, functions, seen) or changed
+            continue
+        if not isinstance(route, APIRoute) or getattr(route, _BOUND_ATTR, False):
+            continue
+        if not _belongs_to(route.endpoint, cls, functions):
+            continue
+        if not getattr(route.endpoint, _BOUND_ATTR, False):
+            _bind_self(route.endpoint)
+        routes[index] = _rebuilt(route)
+        changed = True
+    if changed and hasattr(router, "_mark_routes_changed"):
+        router._mark_routes_changed()
+    return changed
+
+
+def _rebuilt(route: Any) -> Any:
+    """A copy of ``route`` made the way FastAPI makes it (so its dependencies are analysed
+    from the endpoint's current signature), with the same options."""
+    params = inspect.signature(type(route).__init__).parameters
+    options = {
+        name: getattr(route, name)
+        for name, param in params.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and hasattr(route, name)
     }
-    delivered = False
-    finished = trio.Event()
-    started = False
+    new = type(route)(route.path, route.endpoint, **options)
+    setattr(new, _BOUND_ATTR, True)
+    return new
 
-    async def receive() -> MutableMapping[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
 
-    async def send(message: MutableMapping[str, Any]) -> None:
-        nonlocal started
-        kind = message["type"]
-        if kind == "http.response.start":
-            started = True
-            raw = message.get("headers", [])
-            await emit(
-                [
-                    int(message["status"]),
-                    [[bytes(k).decode("latin-1"), bytes(v).decode("latin-1")] for k, v in raw],
-                ]
-            )
-        elif kind == "http.response.body":
-            chunk = bytes(message.get("body", b""))
-            if chunk:
-                await emit(chunk)
-            if not message.get("more_body", False):
-                finished.set()
+# -- running a request
 
-    await app(scope, receive, send)
-    finished.set()
-    if not started:
-        raise RuntimeError("the ASGI application finished without sending a response")
+
+async def run_asgi(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, emit: Emit, *, instance: Any
+) -> None:
+    """Run one HTTP request (``scope`` and its ``body``) through ``app``; the response goes
+    out through ``emit`` as :class:`~trioserve._replica.http.ResponseSender` describes.
+    ``instance`` is what class-based routes get as ``self``."""
+    send = ResponseSender(emit)
+    token = _instance.set(instance)
+    try:
+        await app(scope, body_receiver(body), send)
+    finally:
+        _instance.reset(token)
+    await send.finish()

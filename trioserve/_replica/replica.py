@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import attrs
 import trio
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
 
 import actors
 
@@ -21,8 +23,18 @@ from .._handles import context as _context
 from .._metrics import Histogram
 from .._ship import unship
 from .asgi import ASGI_ATTR, run_asgi
-from .http import STREAM_HEAD, Request, chunk_bytes, response_head
+from .http import (
+    STREAM_HEAD,
+    Emit,
+    Receive,
+    ResponseSender,
+    asgi_scope,
+    body_receiver,
+    chunk_bytes,
+    response_head,
+)
 from .process_context import ReplicaProcessContext
+from .request_context import RequestContext, request_context
 
 ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
 _INTERNAL = {
@@ -83,6 +95,7 @@ class Replica:
         self.user_config = user_config
         self.metrics = ReplicaMetrics()
         self._asgi: tuple[Any] | None = None
+        self._takes_request: bool | None = None
         self._host: actors.ActorHost | None = None
 
     async def __actor_start__(self) -> None:
@@ -129,43 +142,24 @@ class Replica:
     # -- HTTP
 
     @actors.push_stream
-    async def serve_http(
-        self,
-        emit: Callable[[Any], Awaitable[None]],
-        method: str,
-        path: str,
-        query_string: str,
-        headers: dict[str, str],
-        body: bytes,
-        route_prefix: str,
-    ) -> None:
-        """Answer one HTTP request: emits the head ``[status, headers, whole]`` and then the
-        body (one chunk when ``whole``, else a stream of chunks)."""
+    async def serve_http(self, emit: Emit, meta: dict[str, Any], body: bytes) -> None:
+        """Answer one HTTP request (its head ``meta`` from ``request_meta``, its ``body``):
+        emits the response as the messages ``trioserve._replica.http`` describes."""
         started = trio.current_time()
         ok = False
+        context = RequestContext(
+            request_id=str(meta.get("request_id", "")),
+            route=str(meta.get("route_prefix") or "/"),
+            app_name=self.info.app,
+        )
         try:
-            asgi_app = self._asgi_app()
-            if asgi_app is not None:
-                await run_asgi(
-                    asgi_app,
-                    emit,
-                    method=method,
-                    path=path,
-                    query_string=query_string,
-                    headers=headers,
-                    body=body,
-                    route_prefix=route_prefix,
-                )
-            else:
-                request = Request(
-                    method=method,
-                    path=path,
-                    query_string=query_string,
-                    headers=headers,
-                    body=body,
-                    route_prefix=route_prefix,
-                )
-                await self._call_for_http(emit, request)
+            with request_context(context):
+                scope = asgi_scope(meta)
+                asgi_app = self._asgi_app()
+                if asgi_app is not None:
+                    await run_asgi(asgi_app, scope, body, emit, instance=self.user)
+                else:
+                    await self._call_for_http(emit, scope, body)
             ok = True
         finally:
             self.metrics.observe("__http__", trio.current_time() - started, ok)
@@ -173,35 +167,37 @@ class Replica:
     def _asgi_app(self) -> Any:
         if self._asgi is None:
             mounted = getattr(self.user, ASGI_ATTR, None)
-            self._asgi = (mounted.get(),) if mounted is not None else (None,)
+            cls = None if self.is_function else type(self.user)
+            self._asgi = (mounted.get(cls),) if mounted is not None else (None,)
         return self._asgi[0]
 
-    async def _call_for_http(
-        self, emit: Callable[[Any], Awaitable[None]], request: Request
-    ) -> None:
+    def _call_takes_request(self, fn: Callable[..., Any]) -> bool:
+        """Whether ``__call__`` has a parameter for the request (``def __call__(self)`` is
+        called without one)."""
+        if self._takes_request is None:
+            try:
+                self._takes_request = bool(inspect.signature(fn).parameters)
+            except (TypeError, ValueError):
+                self._takes_request = True
+        return self._takes_request
+
+    async def _call_for_http(self, emit: Emit, scope: dict[str, Any], body: bytes) -> None:
         fn = self.__actor_dispatch__("__call__")
+        receive = body_receiver(body)
+        args: tuple[Any, ...] = ()
+        if self._call_takes_request(fn):
+            args = (StarletteRequest(scope, receive),)
         kind = actors.method_kind(fn)
         if kind == "asyncgen":
-            await emit(STREAM_HEAD)
-            async for item in fn(request):
-                await emit(chunk_bytes(item))
+            await _stream_async(emit, fn(*args))
         elif kind == "syncgen":
-            await emit(STREAM_HEAD)
-            gen = fn(request)
-            done = object()
-            try:
-                while (item := await trio.to_thread.run_sync(next, gen, done)) is not done:
-                    await emit(chunk_bytes(item))
-            finally:
-                gen.close()
+            await _stream_sync(emit, fn(*args))
         else:
             if kind == "async":
-                value = await fn(request)
+                value = await fn(*args)
             else:
-                value = await trio.to_thread.run_sync(fn, request)
-            head, whole = response_head(value)
-            await emit([*head, True])
-            await emit(whole)
+                value = await trio.to_thread.run_sync(fn, *args)
+            await _send_value(emit, value, scope, receive)
 
     # -- dispatch
 
@@ -220,3 +216,40 @@ class Replica:
         if fn is None or not callable(fn):
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
         return fn  # type: ignore[no-any-return]
+
+
+# -- HTTP responses
+
+
+async def _stream_async(emit: Emit, items: AsyncIterator[Any]) -> None:
+    await emit(STREAM_HEAD)
+    async for item in items:
+        await emit(chunk_bytes(item))
+
+
+async def _stream_sync(emit: Emit, items: Iterator[Any]) -> None:
+    await emit(STREAM_HEAD)
+    done = object()
+    try:
+        while (item := await trio.to_thread.run_sync(next, items, done)) is not done:
+            await emit(chunk_bytes(item))
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+async def _send_value(emit: Emit, value: Any, scope: dict[str, Any], receive: Receive) -> None:
+    """Send what a (non-generator) handler returned."""
+    if isinstance(value, StarletteResponse):
+        send = ResponseSender(emit)
+        await value(scope, receive, send)
+        await send.finish()
+    elif inspect.isasyncgen(value):
+        await _stream_async(emit, value)
+    elif inspect.isgenerator(value):
+        await _stream_sync(emit, value)
+    else:
+        head, whole = response_head(value)
+        await emit([*head, True])
+        await emit(whole)
