@@ -18,6 +18,7 @@ from ._control.resources import detect_capacity
 from ._deployment import Application
 from ._handles import context as _context
 from ._handles.handle import DeploymentHandle
+from ._handles.messages import ModelReport
 from ._handles.router import Router
 from ._http.control import ControlAPI
 from ._http.proxy import HTTPProxy, validate_route_prefix
@@ -76,6 +77,16 @@ class ServeInstance:
             validate_route_prefix(route_prefix)
         await self._controller.deploy(app, name, route_prefix, force_inline=local_testing_mode)
         return self.get_app_handle(name)
+
+    async def report_models(
+        self, app: str, deployment: str, replica_id: str, model_ids: list[str]
+    ) -> None:
+        """An inline replica's multiplexed models changed (model-aware routing)."""
+        await trio.lowlevel.checkpoint()
+        report = ModelReport(
+            app=app, deployment=deployment, replica_id=replica_id, model_ids=model_ids
+        )
+        self._controller.report_models(report)
 
     def get_app_handle(self, name: str = "default") -> DeploymentHandle:
         ingress = self._controller.app_ingress(name)

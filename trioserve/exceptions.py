@@ -8,7 +8,10 @@ The tree::
     ├── DeploymentUnavailableError  no such deployment, or it cannot be reached from here
     ├── DeploymentFailedError       a deployment could not start (its constructor raised)
     ├── RequestCancelledError       the request was cancelled
-    └── RequestTimeoutError         .result(timeout_s=...) or get/wait timed out
+    ├── RequestTimeoutError         .result(timeout_s=...) or get/wait timed out
+    ├── RequestTooLargeError        a request's arguments or its result exceed the message limit
+    ├── ServeNotRunningError        no serve instance is running (serve.run() starts one)
+    └── ServeShutdownError          the serve instance a handle belongs to was shut down
 
 User exceptions raised inside a replica are re-raised in the caller with their own type,
 message and the remote traceback (as a note and as ``remote_traceback``); they are not
@@ -81,6 +84,30 @@ class RequestCancelledError(ServeError):
 
 class RequestTimeoutError(ServeError, TimeoutError):
     """Waiting for a result took longer than the timeout given."""
+
+
+class RequestTooLargeError(ServeError):
+    """The request's arguments, or its result, are larger than a connection carries
+    (``max_message_size``); ``__cause__`` is the runtime's ``MessageTooLargeError``."""
+
+    def __init__(self, message: str, *, deployment: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"deployment": self.deployment, "size": self.size, "limit": self.limit}
+        return (_rebuild, (type(self), self.args, fields))
+
+
+class ServeNotRunningError(ServeError):
+    """No serve instance is running in this process; ``serve.run()`` or ``serve.start()``
+    starts one (status(), handle getters and delete() never start one themselves)."""
+
+
+class ServeShutdownError(ServeError):
+    """The serve instance this handle or response belongs to was shut down."""
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

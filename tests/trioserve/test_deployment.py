@@ -159,14 +159,17 @@ def test_application_walk_shared_node_once() -> None:
     assert [n for n in root.walk() if n.deployment.name == "Adder"] == [shared]
 
 
-def test_application_walk_refuses_two_deployments_with_one_name() -> None:
-    """Two different bindings under one name must be renamed with .options(name=...)."""
+def test_application_walk_names_a_second_binding_name_1() -> None:
+    """Two bindings of one deployment become two deployments, the second named
+    ``Adder_1`` (Ray Serve's rule), also when their options differ."""
     root = fx.Holder.bind([fx.Adder.bind(1), fx.Adder.bind(2)], {})
-    with pytest.raises(ValueError, match=r"named 'Adder'; give one another name with \.options"):
-        root.walk()
+    names = sorted(node.deployment.name for node in root.walk())
+    assert names == ["Adder", "Adder_1", "Holder"]
     other = fx.Adder.options(max_ongoing_requests=1)
-    with pytest.raises(ValueError, match="named 'Adder'"):
-        fx.Holder.bind([fx.Adder.bind(1), other.bind(1)], {}).walk()
+    names = sorted(
+        n.deployment.name for n in fx.Holder.bind([fx.Adder.bind(1), other.bind(1)], {}).walk()
+    )
+    assert names == ["Adder", "Adder_1", "Holder"]
 
 
 async def test_deployment_bind_applications_in_containers_become_handles() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import types
 from pathlib import Path
@@ -90,8 +91,40 @@ def test_public_api_design_names_present() -> None:
         "DeploymentFailedError",
         "RequestTimeoutError",
         "AutoscalingConfig",
+        "get_replica_context",
+        "ReplicaContext",
+        "HTTPOptions",
+        "RequestTooLargeError",
+        "ServeNotRunningError",
+        "ServeShutdownError",
     }
     assert promised <= set(trioserve.__all__)
+
+
+@pytest.mark.parametrize("name", ["trioserve.handle", "trioserve.config"])
+def test_public_api_ray_modules_list_their_names(name: str) -> None:
+    """Ray's import paths (``trioserve.handle``, ``trioserve.config``) are public modules
+    with a literal ``__all__`` that holds what they re-export, each the package's own."""
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
+    literal = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+    )
+    assert literal == module.__all__
+    reexported = {
+        alias.asname
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.level
+        for alias in node.names
+        if alias.asname == alias.name
+    }
+    assert reexported <= set(module.__all__)
+    for exported in module.__all__:
+        assert getattr(module, exported) is getattr(trioserve, exported)
 
 
 @pytest.mark.parametrize(

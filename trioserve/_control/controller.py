@@ -17,7 +17,7 @@ import actors
 
 from .._deployment import Application, replace_apps
 from .._handles.handle import DeploymentHandle
-from .._handles.messages import LoadReport, Membership
+from .._handles.messages import LoadReport, Membership, ModelReport
 from .._handles.router import Router
 from .._status import (
     ApplicationState,
@@ -135,6 +135,7 @@ class Controller:
             max_ongoing=replica_set.config.max_ongoing_requests,
             max_queued=replica_set.config.max_queued_requests,
         )
+        router.update_models(replica_set.live_models())
 
     def _unavailable(self, replica_set: ReplicaSet) -> str | None:
         """Why ``replica_set`` cannot serve at all, or None (requests may wait for it)."""
@@ -162,6 +163,7 @@ class Controller:
             max_ongoing=replica_set.config.max_ongoing_requests,
             max_queued=replica_set.config.max_queued_requests,
             report_interval_s=auto.metrics_interval_s if auto is not None else None,
+            models=replica_set.live_models(),
         )
 
     async def watch(self, app: str, deployment: str) -> AsyncIterator[Membership]:
@@ -173,6 +175,13 @@ class Controller:
                 yield current
                 last = current
             await changed.wait()
+
+    def report_models(self, report: ModelReport) -> None:
+        """A replica's multiplexed models changed: every router learns where they are."""
+        replica_set = self.find((report.app, report.deployment))
+        if replica_set is not None and report.replica_id in replica_set.states:
+            replica_set.models[report.replica_id] = list(report.model_ids)
+            self.changed(replica_set)
 
     def deployment_names(self) -> list[str]:
         return [f"{a.name}/{d}" for a in self.apps.values() for d in a.deployments]
@@ -419,6 +428,14 @@ class ControllerAPI:
     async def watch(self, app: str, deployment: str) -> AsyncIterator[Membership]:
         async for update in self._controller.watch(app, deployment):
             yield update
+
+    async def app_ingress(self, name: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return self._controller.app_ingress(name)
+
+    async def report_models(self, report: ModelReport) -> None:
+        await trio.lowlevel.checkpoint()
+        self._controller.report_models(report)
 
     async def report(self, report: LoadReport) -> None:
         await trio.lowlevel.checkpoint()

@@ -94,6 +94,8 @@ class ReplicaSet:
     unavailable: str | None = None
     #: whether :meth:`run` has reported started (its first replicas all ran)
     started: bool = False
+    #: the multiplexed model ids each replica reported holding
+    models: dict[str, list[str]] = attrs.field(factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -199,6 +201,10 @@ class ReplicaSet:
 
     # -- scaling
 
+    def live_models(self) -> dict[str, list[str]]:
+        """Model ids by replica, for the replicas that serve now."""
+        return {rid: ids for rid, ids in self.models.items() if rid in self.replicas}
+
     def live_ids(self) -> list[str]:
         return [rid for rid, st in self.states.items() if st in (PENDING, STARTING, RUNNING)]
 
@@ -287,6 +293,7 @@ class ReplicaSet:
         """A replica is gone for good: drop its state and give back its resources."""
         self.states.pop(replica_id, None)
         self.versions.pop(replica_id, None)
+        self.models.pop(replica_id, None)
         self.hooks.ledger.release(self._grant_key(replica_id))
         self.hooks.capacity_freed()
 

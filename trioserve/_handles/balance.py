@@ -38,3 +38,33 @@ def pick_replica(
         return candidates[0]
     a, b = rng.sample(candidates, 2)
     return a if loads[a] <= loads[b] else b
+
+
+def pick_replica_for_model(
+    loads: Sequence[int],
+    limit: int,
+    rng: random.Random,
+    holds: Sequence[bool],
+    blocked: Sequence[bool] = (),
+    held: Sequence[int] = (),
+) -> int | None:
+    """The replica for a request of a multiplexed model: power of two choices among the
+    replicas that hold the model and have room; when none does, the replica with room that
+    holds the fewest models (``held``), the least loaded among those, so that one replica
+    loads the model (not every one) and models spread evenly; None when all are full."""
+    n = len(loads)
+    free = [i for i in range(n) if loads[i] < limit and not (blocked and blocked[i])]
+    holders = [i for i in free if holds[i]]
+    if len(holders) == 1:
+        return holders[0]
+    if holders:
+        a, b = rng.sample(holders, 2)
+        return a if loads[a] <= loads[b] else b
+    if not free:
+        return None
+
+    def key(i: int) -> tuple[int, int]:
+        return (held[i] if held else 0, loads[i])
+
+    best = min(key(i) for i in free)
+    return rng.choice([i for i in free if key(i) == best])

@@ -10,7 +10,15 @@ import trio
 
 from ..exceptions import RequestTimeoutError
 from . import context as _context
-from .response import DeploymentResponse, DeploymentResponseGenerator, ResponseWrapper
+from .response import (
+    DeploymentResponse,
+    DeploymentResponseGenerator,
+    ResponseWrapper,
+    on_loop,
+    run_on_loop,
+    run_sync_on_loop,
+    wait_done,
+)
 from .router import Router
 
 
@@ -21,7 +29,9 @@ class DeploymentHandle:
     ``handle.method_name.remote(...)`` calls another method; ``.options(method_name=...,
     stream=True)`` makes a handle whose ``.remote()`` returns an async iterator of items.
     Handles can be passed to replicas (as ``bind`` arguments); there they bind to the
-    replica process's own router.
+    replica process's own router. Called from a plain thread (a ``def`` method of a
+    deployment, a driver's thread), ``.remote()`` submits through the handle's loop and the
+    response's ``.result()`` blocks that thread, as in Ray Serve.
     """
 
     __slots__ = (
@@ -31,6 +41,7 @@ class DeploymentHandle:
         "app_name",
         "deployment_name",
         "method_name",
+        "multiplexed_model_id",
         "stream",
     )
 
@@ -47,6 +58,8 @@ class DeploymentHandle:
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
+        #: requests from this handle are for this multiplexed model ("" for none)
+        self.multiplexed_model_id = ""
         self._context = _context
         self._router: Router | None = None
         self._source = "handle"
@@ -57,8 +70,14 @@ class DeploymentHandle:
             f"method={self.method_name!r})"
         )
 
-    def _key(self) -> tuple[str, str, str, bool]:
-        return (self.deployment_name, self.app_name, self.method_name, self.stream)
+    def _key(self) -> tuple[str, str, str, bool, str]:
+        return (
+            self.deployment_name,
+            self.app_name,
+            self.method_name,
+            self.stream,
+            self.multiplexed_model_id,
+        )
 
     def __eq__(self, other: object) -> bool:
         """Handles to the same deployment, method and mode are equal (a redeploy whose bind
@@ -71,8 +90,15 @@ class DeploymentHandle:
         return hash(self._key())
 
     def options(
-        self, *, method_name: str | None = None, stream: bool | None = None
+        self,
+        *,
+        method_name: str | None = None,
+        stream: bool | None = None,
+        multiplexed_model_id: str | None = None,
     ) -> DeploymentHandle:
+        """A handle like this one with other options: the method to call, whether it
+        streams, and the multiplexed model its requests are for (sent to a replica that
+        holds it; ``serve.get_multiplexed_model_id()`` there)."""
         handle = DeploymentHandle(
             self.deployment_name,
             self.app_name,
@@ -80,12 +106,15 @@ class DeploymentHandle:
             stream=self.stream if stream is None else stream,
             _context=self._context,
         )
+        handle.multiplexed_model_id = (
+            self.multiplexed_model_id if multiplexed_model_id is None else multiplexed_model_id
+        )
         handle._router = self._router
         handle._source = self._source
         return handle
 
     def __getattr__(self, name: str) -> DeploymentHandle:
-        if name.startswith("_"):
+        if name.startswith("_") or name == "multiplexed_model_id":
             raise AttributeError(name)
         return self.options(method_name=name)
 
@@ -100,6 +129,18 @@ class DeploymentHandle:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit a request; returns a :class:`DeploymentResponse` (or, with ``stream=True``,
         a :class:`DeploymentResponseGenerator`) at once, without waiting for a replica."""
+        context = self._context or _context.current()
+        if not on_loop(context.trio_token):
+            if trio.lowlevel.in_trio_run():
+                raise RuntimeError(
+                    f"{self!r} belongs to another Trio loop than this one; call it from "
+                    "its own loop, or from a plain thread"
+                )
+            self._context = context
+            return run_sync_on_loop(context.trio_token, self._submit, args, kwargs)
+        return self._submit(args, kwargs)
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         router = self._get_router()
         response: DeploymentResponse | DeploymentResponseGenerator
         if self.stream:
@@ -107,20 +148,29 @@ class DeploymentHandle:
         else:
             response = DeploymentResponse(router, self.method_name, args, kwargs)
         response._source = self._source
+        response.multiplexed_model_id = self.multiplexed_model_id
         router.submit(response)
         return response
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_handle,
-            (self.deployment_name, self.app_name, self.method_name, self.stream),
+            (
+                self.deployment_name,
+                self.app_name,
+                self.method_name,
+                self.stream,
+                self.multiplexed_model_id,
+            ),
         )
 
 
 def _rebuild_handle(
-    deployment_name: str, app_name: str, method_name: str, stream: bool
+    deployment_name: str, app_name: str, method_name: str, stream: bool, model_id: str = ""
 ) -> DeploymentHandle:
-    return DeploymentHandle(deployment_name, app_name, method_name=method_name, stream=stream)
+    handle = DeploymentHandle(deployment_name, app_name, method_name=method_name, stream=stream)
+    handle.multiplexed_model_id = model_id
+    return handle
 
 
 def check_not_in_loop(token: trio.lowlevel.TrioToken, what: str) -> None:
@@ -165,8 +215,20 @@ class SyncHandle:
     def __repr__(self) -> str:
         return repr(self._handle).replace("DeploymentHandle", "SyncHandle", 1)
 
-    def options(self, *, method_name: str | None = None, stream: bool | None = None) -> SyncHandle:
-        return SyncHandle(self._handle.options(method_name=method_name, stream=stream), self._token)
+    def options(
+        self,
+        *,
+        method_name: str | None = None,
+        stream: bool | None = None,
+        multiplexed_model_id: str | None = None,
+    ) -> SyncHandle:
+        """Like :meth:`DeploymentHandle.options`."""
+        return SyncHandle(
+            self._handle.options(
+                method_name=method_name, stream=stream, multiplexed_model_id=multiplexed_model_id
+            ),
+            self._token,
+        )
 
     def __getattr__(self, name: str) -> SyncHandle:
         if name.startswith("_"):
@@ -187,9 +249,9 @@ class SyncHandle:
                 response._future.add_done_callback(lambda _future: finished.set())
             return response
 
-        response = trio.from_thread.run_sync(submit, trio_token=self._token)
+        response = run_sync_on_loop(self._token, submit)
         if response._inner is None and not response.done():  # queued: wait for a replica
-            trio.from_thread.run(response._wait_assigned, trio_token=self._token)
+            run_on_loop(self._token, response._wait_assigned)
         if handle.stream:
             return SyncResponseGenerator(response, self._token)
         return SyncResponse(response, self._token, finished=finished)
@@ -229,19 +291,21 @@ class SyncResponse(ResponseWrapper):
 
     def result(self, timeout_s: float | None = None) -> Any:
         """Block until the value is there (raises the request's error, or
-        :class:`RequestTimeoutError` after ``timeout_s``; the request keeps running)."""
+        :class:`RequestTimeoutError` after ``timeout_s``; the request keeps running).
+        ``timeout_s`` bounds the whole wait from now: a request still queued for a replica
+        or for its chained arguments counts against it too."""
         future = self._response._future
         if not future.done():
             check_not_in_loop(self._token, "SyncResponse.result()")
             if self._finished is None:
-                trio.from_thread.run(_wait_done, future, timeout_s, trio_token=self._token)
+                run_on_loop(self._token, wait_done, future, timeout_s)
             elif not self._finished.wait(timeout_s):
                 raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
         return future.result()
 
     def cancel(self) -> None:
-        """Cancel the request (on the replica too)."""
-        trio.from_thread.run_sync(self._response.cancel, trio_token=self._token)
+        """Cancel the request (on the replica too); after a shutdown, nothing is left."""
+        self._response.cancel()
 
     @property
     def replica_id(self) -> str | None:
@@ -249,16 +313,6 @@ class SyncResponse(ResponseWrapper):
 
     def __repr__(self) -> str:
         return repr(self._response).replace("DeploymentResponse", "SyncResponse", 1)
-
-
-async def _wait_done(future: Any, timeout_s: float | None) -> None:
-    if timeout_s is None:
-        await future.wait_done()
-        return
-    with trio.move_on_after(timeout_s):
-        await future.wait_done()
-        return
-    raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
 
 
 class SyncResponseGenerator:
@@ -274,16 +328,18 @@ class SyncResponseGenerator:
         return self
 
     def __next__(self) -> Any:
+        check_not_in_loop(self._token, "iterating a SyncResponseGenerator")
+
         async def next_item() -> tuple[bool, Any]:
             try:
                 return True, await self._response.__anext__()
             except StopAsyncIteration:
                 return False, None
 
-        more, item = trio.from_thread.run(next_item, trio_token=self._token)
+        more, item = run_on_loop(self._token, next_item)
         if not more:
             raise StopIteration
         return item
 
     def cancel(self) -> None:
-        trio.from_thread.run_sync(self._response.cancel, trio_token=self._token)
+        self._response.cancel()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import msgspec
 
+#: a call for a multiplexed model names its method as ``method + MODEL_SEP + model_id``
+MODEL_SEP = "\x1fmodel="
+
 
 class Membership(msgspec.Struct, frozen=True, kw_only=True):
     """The replicas of one deployment, pushed by the controller to every router.
@@ -21,6 +24,8 @@ class Membership(msgspec.Struct, frozen=True, kw_only=True):
     max_queued: int = -1
     report_interval_s: float | None = None
     error: str | None = None
+    #: the multiplexed model ids each replica holds, by replica id
+    models: dict[str, list[str]] = {}
 
 
 class LoadReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,3 +35,12 @@ class LoadReport(msgspec.Struct, frozen=True, kw_only=True):
     deployment: str
     router_id: str
     load: float
+
+
+class ModelReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The multiplexed model ids one replica holds, sent after every load and eviction."""
+
+    app: str
+    deployment: str
+    replica_id: str
+    model_ids: list[str]

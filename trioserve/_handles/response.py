@@ -4,23 +4,95 @@ A response is submitted to its deployment's router the moment it is created; awa
 only waits. It can be passed, un-awaited, as an argument (top level, or inside lists,
 tuples and dicts) to another ``.remote()``: that request is counted as queued at once and
 goes to a replica once every response it holds has its value.
+
+From a plain thread (a ``def`` method of a deployment runs on a worker thread; a driver
+script's threads), ``response.result(timeout_s=...)`` blocks that thread until the value is
+there, going through the Trio loop the response belongs to (its token). On a Trio or
+asyncio thread it raises instead: there, ``await response``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from actors import CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
 
-from ..exceptions import RequestCancelledError
+from ..exceptions import RequestCancelledError, RequestTimeoutError, ServeShutdownError
 
 if TYPE_CHECKING:
     from .router import Router
 
+T = TypeVar("T")
+
 _CONTAINERS = (list, tuple, dict)
+SHUT_DOWN = (
+    "serve was shut down; call serve.run() again and use the handles it gives "
+    "(handles and responses from before the shutdown cannot be used)"
+)
+
+
+# -- blocking from plain threads
+
+
+def check_blocking_allowed(what: str, instead: str) -> None:
+    """Raise RuntimeError when ``what`` (a call that blocks its thread) is made on a thread
+    running a Trio or an asyncio loop, which it would stall or deadlock."""
+    if trio.lowlevel.in_trio_run():
+        where = "a Trio thread"
+    else:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        where = "an asyncio event loop's thread"
+    raise RuntimeError(
+        f"{what} blocks its thread and was called from {where}, which it would stall or "
+        f"deadlock; {instead}"
+    )
+
+
+def on_loop(token: trio.lowlevel.TrioToken) -> bool:
+    """Whether this thread runs the Trio loop ``token`` belongs to."""
+    try:
+        return trio.lowlevel.current_trio_token() is token
+    except RuntimeError:
+        return False
+
+
+def run_on_loop(token: trio.lowlevel.TrioToken, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.from_thread.run`` on the loop of ``token``; ServeShutdownError if it is gone."""
+    try:
+        return trio.from_thread.run(fn, *args, trio_token=token)
+    except trio.RunFinishedError as exc:
+        raise ServeShutdownError(SHUT_DOWN) from exc
+
+
+def run_sync_on_loop(token: trio.lowlevel.TrioToken, fn: Callable[..., T], *args: Any) -> T:
+    """``trio.from_thread.run_sync`` on the loop of ``token``; ServeShutdownError if it is
+    gone."""
+    try:
+        return trio.from_thread.run_sync(fn, *args, trio_token=token)
+    except trio.RunFinishedError as exc:
+        raise ServeShutdownError(SHUT_DOWN) from exc
+
+
+async def wait_done(future: CallFuture, timeout_s: float | None) -> None:
+    """Wait until ``future`` is done; RequestTimeoutError after ``timeout_s`` (the request
+    keeps running)."""
+    if timeout_s is None:
+        await future.wait_done()
+        return
+    with trio.move_on_after(timeout_s):
+        await future.wait_done()
+        return
+    raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
+
+
 _ANY_RESPONSE: tuple[type, ...] = ()  # set below, once the classes exist
 
 
@@ -38,6 +110,8 @@ class _Request:
         "_router",
         "_source",
         "_submitted_at",
+        "_token",
+        "multiplexed_model_id",
     )
 
     def __init__(self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
@@ -50,8 +124,12 @@ class _Request:
         self._replica_id: str | None = None
         self._submitted_at = 0.0
         self._source = "handle"
+        #: the loop the request lives in (responses are made on it), for plain threads
+        self._token = trio.lowlevel.current_trio_token()
         #: the caller's Trio deadline when it made the request; it travels to the replica
         self._deadline = trio.current_effective_deadline()
+        #: the multiplexed model this request is for (``handle.options(...)``), or ""
+        self.multiplexed_model_id = ""
 
     stream = False
 
@@ -178,9 +256,28 @@ class DeploymentResponse(_Request):
     def done(self) -> bool:
         return self._future.done()
 
+    def result(self, timeout_s: float | None = None) -> Any:
+        """Block this (plain) thread until the value is there, as Ray Serve's
+        ``DeploymentResponse.result()``: raises the request's error, or
+        :class:`RequestTimeoutError` after ``timeout_s`` (counted from now, queueing
+        included; the request keeps running). On a Trio or asyncio thread it raises
+        RuntimeError: ``await response`` there."""
+        check_blocking_allowed("DeploymentResponse.result()", "use `await response` there")
+        future = self._future
+        if not future.done():
+            run_on_loop(self._token, wait_done, future, timeout_s)
+        return future.result()
+
     def cancel(self) -> None:
-        """Cancel the request; awaiting it then raises :class:`RequestCancelledError`."""
-        self._future.cancel()
+        """Cancel the request; awaiting it then raises :class:`RequestCancelledError`.
+        From a plain thread it is sent to the response's loop (after a shutdown: nothing
+        is left to cancel)."""
+        if on_loop(self._token):
+            self._future.cancel()
+            return
+        # after a shutdown the loop is gone, and the request with it
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self._future.cancel, trio_token=self._token)
 
     def _on_cancel(self) -> None:
         inner = self._inner
@@ -268,6 +365,12 @@ class DeploymentResponseGenerator(_Request):
                 raise
 
     def cancel(self) -> None:
+        """Stop the stream (on the replica too); from a plain thread, through its loop."""
+        if not on_loop(self._token):
+            # after a shutdown the loop is gone, and the stream with it
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self.cancel, trio_token=self._token)
+            return
         if not self._finished:
             self._fail(RequestCancelledError(f"stream from {self._router.name} was cancelled"))
         inner = self._inner
@@ -277,6 +380,27 @@ class DeploymentResponseGenerator(_Request):
     async def aclose(self) -> None:
         self.cancel()
         await trio.lowlevel.checkpoint()
+
+    # -- from plain threads: ``for item in response``
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        check_blocking_allowed(
+            "iterating a DeploymentResponseGenerator with `for`", "use `async for` there"
+        )
+        more, item = run_on_loop(self._token, _next_item, self)
+        if not more:
+            raise StopIteration
+        return item
+
+
+async def _next_item(stream: DeploymentResponseGenerator) -> tuple[bool, Any]:
+    try:
+        return True, await stream.__anext__()
+    except StopAsyncIteration:
+        return False, None
 
 
 _ANY_RESPONSE = (DeploymentResponse, ResponseWrapper)

@@ -29,6 +29,7 @@ from actors import (
     CallFuture,
     CallNotDeliveredError,
     DeadlineExceededError,
+    MessageTooLargeError,
     RejectedError,
     StreamReceiver,
 )
@@ -40,8 +41,10 @@ from ..exceptions import (
     ReplicaDiedError,
     RequestCancelledError,
     RequestTimeoutError,
+    RequestTooLargeError,
 )
-from .balance import pick_replica
+from .balance import pick_replica, pick_replica_for_model
+from .messages import MODEL_SEP
 from .response import DeploymentResponse, DeploymentResponseGenerator, _Request
 
 REJECT_BACKOFF_S = 0.002
@@ -53,6 +56,8 @@ class ReplicaSlot:
     ref: ActorRef
     in_flight: int = 0
     blocked_until: float = 0.0
+    #: multiplexed model ids the replica holds (reported, or sent there from here)
+    models: set[str] = attrs.field(factory=set)
 
 
 @attrs.frozen(kw_only=True)
@@ -216,18 +221,32 @@ class Router:
         self._queue = collections.deque(r for r in self._queue if not r.done())
         return self._waiting() >= self.max_queued
 
-    def _pick(self) -> ReplicaSlot | None:
+    def _pick(self, model_id: str = "") -> ReplicaSlot | None:
         slots = self._slots
         if not slots:
             return None
         now = trio.current_time() if any(s.blocked_until for s in slots) else 0.0
         blocked = [s.blocked_until > now for s in slots] if now else ()
-        index = pick_replica([s.in_flight for s in slots], self.max_ongoing, self._rng, blocked)
+        loads = [s.in_flight for s in slots]
+        if model_id:
+            holds = [model_id in s.models for s in slots]
+            held = [len(s.models) for s in slots]
+            index = pick_replica_for_model(loads, self.max_ongoing, self._rng, holds, blocked, held)
+        else:
+            index = pick_replica(loads, self.max_ongoing, self._rng, blocked)
         return None if index is None else slots[index]
 
+    def update_models(self, models: dict[str, list[str]]) -> None:
+        """The model ids each replica reported holding (model-aware routing)."""
+        for slot in self._slots:
+            if slot.replica_id in models:
+                slot.models = set(models[slot.replica_id])
+
     def _assign(self, req: _Request) -> bool:
+        model_id = req.multiplexed_model_id
+        method = f"{req._method}{MODEL_SEP}{model_id}" if model_id else req._method
         while True:
-            slot = self._pick()
+            slot = self._pick(model_id)
             if slot is None:
                 return False
             inner: CallFuture | StreamReceiver
@@ -235,9 +254,11 @@ class Router:
             if req._deadline != math.inf:
                 timeout = max(0.0, req._deadline - trio.current_time())
             if req.stream:
-                inner = slot.ref.submit_stream(req._method, req._args, req._kwargs, timeout=timeout)
+                inner = slot.ref.submit_stream(method, req._args, req._kwargs, timeout=timeout)
             else:
-                inner = slot.ref.submit(req._method, req._args, req._kwargs, timeout=timeout)
+                inner = slot.ref.submit(method, req._args, req._kwargs, timeout=timeout)
+            if model_id:
+                slot.models.add(model_id)  # it will hold it: send the next ones there too
             if inner.done() and isinstance(inner.exception(), ActorDiedError):
                 # never left this process: drop the replica and try another
                 self._slots = [s for s in self._slots if s is not slot]
@@ -286,6 +307,12 @@ class Router:
             self._fail_or_end(req, RequestCancelledError(str(error)))
         elif isinstance(error, DeadlineExceededError):
             self._fail_or_end(req, RequestTimeoutError(f"{self.name}: {error}"))
+        elif isinstance(error, MessageTooLargeError):
+            too_large = RequestTooLargeError(
+                f"{self.name}: {error}", deployment=self.name, size=error.size, limit=error.limit
+            )
+            too_large.__cause__ = error
+            self._fail_or_end(req, too_large)
         else:
             if isinstance(req, DeploymentResponse):
                 req._finish(inner)

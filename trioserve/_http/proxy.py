@@ -18,6 +18,11 @@ import trio
 
 from .._handles.handle import DeploymentHandle
 from .._metrics import Counter, Gauge, Histogram, Labels, render
+from .._replica.batching import (
+    BATCH_SIZE_BUCKETS,
+    BATCH_WAIT_BUCKETS_S,
+    snapshot_batch_metrics,
+)
 from .._replica.http import HTTPRequest, request_meta
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from .server import HTTPReply, plain
@@ -214,6 +219,9 @@ class HTTPProxy:
         meta = request_meta(
             request, route_prefix=route_prefix, request_id=request_id, server=server
         )
+        model_id = _header(list(request.headers.items()), MODEL_ID_HEADER)
+        if model_id:
+            handle = handle.options(multiplexed_model_id=model_id)
         stream = handle.remote(meta, request.body)
         where = _Where(request_id, request.method, request.path, app, route_prefix, handle)
         deadline = trio.current_time() + (self.request_timeout_s or math.inf)
@@ -412,6 +420,7 @@ class HTTPProxy:
             replica_errors,
             replica_latency,
             replica_ongoing,
+            extra,
         ) = await self._replica_metrics()
         http_errors = Counter("trioserve_http_errors_total", "HTTP requests answered with 5xx")
         for labels, value in self.requests.values.items():
@@ -434,10 +443,13 @@ class HTTPProxy:
                 replica_latency,
                 replica_ongoing,
                 replicas_gauge,
+                *extra,
             ]
         )
 
-    async def _replica_metrics(self) -> tuple[Counter, Counter, Histogram, Gauge]:
+    async def _replica_metrics(
+        self,
+    ) -> tuple[Counter, Counter, Histogram, Gauge, list[Counter | Gauge | Histogram]]:
         requests = Counter(
             "trioserve_replica_requests_total", "Requests processed by replicas, by method"
         )
@@ -475,7 +487,7 @@ class HTTPProxy:
                 errors.inc((*base, ("method", method)), count)
             for method, counts, total, n in snapshot["latency"]:
                 latency.merge((*base, ("method", method)), counts, total, n)
-        return requests, errors, latency, ongoing
+        return requests, errors, latency, ongoing, _model_metrics(results)
 
 
 async def _rest(stream: Any) -> AsyncIterator[bytes]:
@@ -485,3 +497,40 @@ async def _rest(stream: Any) -> AsyncIterator[bytes]:
 
 def _json(value: Any) -> HTTPReply:
     return HTTPReply(200, [("content-type", "application/json")], msgspec.json.encode(value))
+
+
+#: the HTTP header that names a request's multiplexed model (Ray Serve's name)
+MODEL_ID_HEADER = "serve_multiplexed_model_id"
+
+
+def _model_metrics(
+    results: list[tuple[Labels, dict[str, Any]]],
+) -> list[Counter | Gauge | Histogram]:
+    """``@serve.batch`` and ``@serve.multiplexed`` families from replica snapshots (and the
+    serve process's own batches, which inline replicas run)."""
+    sizes = Histogram("trioserve_batch_size", "Items per batch of @serve.batch", BATCH_SIZE_BUCKETS)
+    waits = Histogram(
+        "trioserve_batch_wait_seconds",
+        "Time items of @serve.batch waited for their batch to start",
+        BATCH_WAIT_BUCKETS_S,
+    )
+    for batch in snapshot_batch_metrics():
+        batch.merge_into(sizes, waits, (("function", batch.function),))
+    loaded = Gauge("trioserve_multiplexed_models_loaded", "Models held by each replica")
+    loads = Counter("trioserve_multiplexed_model_loads_total", "Models loaded by replicas")
+    load_s = Counter(
+        "trioserve_multiplexed_model_load_seconds_total", "Time replicas spent loading models"
+    )
+    hits = Counter("trioserve_multiplexed_cache_hits_total", "Requests whose model was loaded")
+    misses = Counter("trioserve_multiplexed_cache_misses_total", "Requests that loaded a model")
+    for base, snapshot in results:
+        for batch in snapshot.get("batches", []):
+            batch.merge_into(sizes, waits, (*base, ("function", batch.function)))
+        stats = snapshot.get("multiplex")
+        if stats:
+            loaded.inc(base, stats["loaded"])
+            loads.inc(base, stats["loads"])
+            load_s.inc(base, round(stats["load_seconds"], 6))
+            hits.inc(base, stats["hits"])
+            misses.inc(base, stats["misses"])
+    return [sizes, waits, loaded, loads, load_s, hits, misses]

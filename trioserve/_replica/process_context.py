@@ -17,7 +17,7 @@ import trio
 
 import actors
 
-from .._handles.messages import LoadReport, Membership
+from .._handles.messages import LoadReport, Membership, ModelReport
 from .._handles.router import Router
 
 
@@ -153,6 +153,26 @@ class ReplicaProcessContext:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._connect, address)
         router.update(refs, max_ongoing=update.max_ongoing, max_queued=update.max_queued)
+        router.update_models(update.models)
+
+    async def app_ingress(self, name: str) -> str:
+        """The ingress deployment of application ``name`` (asked of the controller)."""
+        assert self._controller is not None
+        ingress = await self._controller.call("app_ingress", name)
+        assert isinstance(ingress, str)
+        return ingress
+
+    async def report_models(
+        self, app: str, deployment: str, replica_id: str, model_ids: list[str]
+    ) -> None:
+        """Tell the controller which multiplexed models a replica of this process holds."""
+        if self._controller is None or not self._controller.alive:
+            return
+        report = ModelReport(
+            app=app, deployment=deployment, replica_id=replica_id, model_ids=model_ids
+        )
+        with trio.move_on_after(5), contextlib.suppress(actors.ActorError):
+            await self._controller.call("report_models", report)
 
     def _close_unused(self) -> None:
         """Close the connections to replicas that no membership lists any more (a drained

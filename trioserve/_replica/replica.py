@@ -20,9 +20,11 @@ from starlette.responses import Response as StarletteResponse
 import actors
 
 from .._handles import context as _context
+from .._handles.messages import MODEL_SEP
 from .._metrics import Histogram
 from .._ship import unship
 from .asgi import ASGI_ATTR, run_asgi
+from .batching import snapshot_batch_metrics
 from .http import (
     STREAM_HEAD,
     Emit,
@@ -33,6 +35,7 @@ from .http import (
     chunk_bytes,
     response_head,
 )
+from .multiplex import register_owner, split_method, with_model_id
 from .process_context import ReplicaProcessContext
 from .request_context import RequestContext, request_context
 
@@ -90,6 +93,8 @@ class Replica:
     ) -> None:
         self.info = info
         self.is_function = is_function
+        if os.environ.get(ENV_CONTROLLER):  # a replica process hosts this replica only
+            _context.set_replica_context(self)
         target = unship(target)
         self.user: Any = target if is_function else target(*args, **kwargs)
         self.user_config = user_config
@@ -97,6 +102,14 @@ class Replica:
         self._asgi: tuple[Any] | None = None
         self._takes_request: bool | None = None
         self._host: actors.ActorHost | None = None
+        #: the model cache's counters, when the deployment has a ``@serve.multiplexed``
+        self.multiplex_stats = register_owner(self.user, self._report_models)
+
+    async def _report_models(self, model_ids: list[str]) -> None:
+        """Tell the controller which models this replica holds (model-aware routing)."""
+        report = getattr(_context.current_or_none(), "report_models", None)
+        if report is not None:
+            await report(self.info.app, self.info.deployment, self.info.replica_id, model_ids)
 
     async def __actor_start__(self) -> None:
         if _context.current_or_none() is None:
@@ -132,12 +145,18 @@ class Replica:
     def _observe(self, method: str, seconds: float, ok: bool) -> None:
         if method in _INTERNAL:
             return
-        self.metrics.observe(method, seconds, ok)
+        self.metrics.observe(split_method(method)[0], seconds, ok)
 
     async def serve_metrics(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
         ongoing = self._host.ongoing if self._host is not None else 0
-        return {**self.metrics.snapshot(), "ongoing": ongoing}
+        snapshot = {**self.metrics.snapshot(), "ongoing": ongoing}
+        if self.multiplex_stats is not None:
+            snapshot["multiplex"] = attrs.asdict(self.multiplex_stats)
+        if isinstance(_context.current_or_none(), ReplicaProcessContext):
+            # batches of this process (an inline replica's are the serve process's own)
+            snapshot["batches"] = snapshot_batch_metrics()
+        return snapshot
 
     # -- HTTP
 
@@ -202,6 +221,9 @@ class Replica:
     # -- dispatch
 
     def __actor_dispatch__(self, name: str) -> Callable[..., Any]:
+        if MODEL_SEP in name:
+            method, model_id = split_method(name)
+            return with_model_id(self.__actor_dispatch__(method), model_id)
         if name in _INTERNAL:
             return getattr(self, _INTERNAL[name])  # type: ignore[no-any-return]
         if self.is_function:
