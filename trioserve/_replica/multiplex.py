@@ -19,7 +19,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import attrs
 import trio
@@ -177,6 +177,19 @@ async def _close_model(model: Any) -> None:
 
 T = TypeVar("T")
 
+#: model caches: per user object and loader (methods), or per loader (plain functions)
+_caches: weakref.WeakKeyDictionary[Any, dict[str, _Cache]] = weakref.WeakKeyDictionary()
+_plain_caches: dict[str, _Cache] = {}
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@overload
+def multiplexed(_func: F, /) -> F: ...
+@overload
+def multiplexed(*, max_num_models_per_replica: int = 3) -> Callable[[F], F]: ...
+
 
 def multiplexed(
     _func: Callable[..., Awaitable[Any]] | None = None,
@@ -199,85 +212,91 @@ def multiplexed(
         )
     capacity = max_num_models_per_replica if max_num_models_per_replica > 0 else 2**31
 
-    def decorate(loader: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def decorate(loader: Callable[..., Awaitable[Any]]) -> Any:
         if not inspect.iscoroutinefunction(loader):
             raise TypeError(f"@serve.multiplexed needs an async def loader, got {loader!r}")
-        params = list(inspect.signature(loader).parameters)
-        is_method = bool(params) and params[0] == "self"
-        caches: weakref.WeakKeyDictionary[Any, _Cache] = weakref.WeakKeyDictionary()
-        plain_cache = _Cache(ModelLRU(capacity))
-
-        def cache_of(owner: Any) -> _Cache:
-            if owner is None:
-                return plain_cache
-            cache = caches.get(owner)
-            if cache is None:
-                cache = caches[owner] = _Cache(ModelLRU(capacity))
-            return cache
-
-        async def load(owner: Any, model_id: str | None = None) -> Any:
-            model_id = model_id or get_multiplexed_model_id()
-            if not model_id:
-                raise ValueError(
-                    "no model id: pass one, or send the request with "
-                    "handle.options(multiplexed_model_id=...) or the "
-                    "serve_multiplexed_model_id header"
-                )
-            cache = cache_of(owner)
-            report, stats = _owners.get(owner, (None, None)) if owner is not None else (None, None)
-            if model_id in cache.models:
-                cache.lru.touch(model_id)
-                if stats is not None:
-                    stats.hits += 1
-                return cache.models[model_id]
-            pending = cache.loading.get(model_id)
-            if pending is not None:
-                await pending.done.wait()
-                if pending.error is not None:
-                    raise pending.error
-                return pending.model
-            if stats is not None:
-                stats.misses += 1
-            pending = cache.loading[model_id] = _Loading()
-            started = time.perf_counter()
-            try:
-                args = (owner, model_id) if is_method else (model_id,)
-                model = await loader(*args)
-            except BaseException as exc:  # why: waiters get the same error; re-raised
-                pending.error = exc
-                raise
-            finally:
-                del cache.loading[model_id]
-                pending.done.set()
-            pending.model = model
-            cache.models[model_id] = model
-            evicted = cache.lru.add(model_id)
-            for old in evicted:
-                await _close_model(cache.models.pop(old))
-            if stats is not None:
-                stats.loads += 1
-                stats.load_seconds += time.perf_counter() - started
-                stats.evictions += len(evicted)
-                stats.loaded = len(cache.models)
-            if report is not None:
-                with trio.move_on_after(2):
-                    await report(cache.lru.ids())
-            return model
-
-        if is_method:
-
-            @functools.wraps(loader)
-            async def method(self: Any, model_id: str | None = None) -> Any:
-                return await load(self, model_id)
-
-            return method
-
-        @functools.wraps(loader)
-        async def function(model_id: str | None = None) -> Any:
-            return await load(None, model_id)
-
-        return function
+        return _Multiplexed(loader, capacity)
 
     if _func is not None:
         return decorate(_func)
     return decorate
+
+
+class _Multiplexed:
+    """A multiplexed loader: a descriptor, so ``self.get_model`` binds like a method. It
+    holds only the loader and its capacity (the caches live in this module), so a class
+    shipped by value pickles with it."""
+
+    def __init__(self, loader: Callable[..., Awaitable[Any]], capacity: int) -> None:
+        self._loader = loader
+        self._capacity = capacity
+        params = list(inspect.signature(loader).parameters)
+        self._is_method = bool(params) and params[0] == "self"
+        self._key = f"{loader.__module__}.{loader.__qualname__}"
+        functools.update_wrapper(self, loader)
+
+    def __get__(self, owner: Any, owner_type: Any = None) -> Any:
+        if owner is None or not self._is_method:
+            return self
+        return functools.partial(self._load, owner)
+
+    async def __call__(self, *args: Any) -> Any:
+        if self._is_method:
+            return await self._load(*args)
+        return await self._load(None, *args)
+
+    def _cache(self, owner: Any) -> _Cache:
+        by_loader = _plain_caches if owner is None else _caches.setdefault(owner, {})
+        cache = by_loader.get(self._key)
+        if cache is None:
+            cache = by_loader[self._key] = _Cache(ModelLRU(self._capacity))
+        return cache
+
+    async def _load(self, owner: Any, model_id: str | None = None) -> Any:
+        model_id = model_id or get_multiplexed_model_id()
+        if not model_id:
+            raise ValueError(
+                "no model id: pass one, or send the request with "
+                "handle.options(multiplexed_model_id=...) or the "
+                "serve_multiplexed_model_id header"
+            )
+        cache = self._cache(owner)
+        report, stats = _owners.get(owner, (None, None)) if owner is not None else (None, None)
+        if model_id in cache.models:
+            cache.lru.touch(model_id)
+            if stats is not None:
+                stats.hits += 1
+            return cache.models[model_id]
+        pending = cache.loading.get(model_id)
+        if pending is not None:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.model
+        if stats is not None:
+            stats.misses += 1
+        pending = cache.loading[model_id] = _Loading()
+        started = time.perf_counter()
+        try:
+            args = (owner, model_id) if self._is_method else (model_id,)
+            model = await self._loader(*args)
+        except BaseException as exc:  # why: waiters get the same error; re-raised
+            pending.error = exc
+            raise
+        finally:
+            del cache.loading[model_id]
+            pending.done.set()
+        pending.model = model
+        cache.models[model_id] = model
+        evicted = cache.lru.add(model_id)
+        for old in evicted:
+            await _close_model(cache.models.pop(old))
+        if stats is not None:
+            stats.loads += 1
+            stats.load_seconds += time.perf_counter() - started
+            stats.evictions += len(evicted)
+            stats.loaded = len(cache.models)
+        if report is not None:
+            with trio.move_on_after(2):
+                await report(cache.lru.ids())
+        return model
