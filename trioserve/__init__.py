@@ -44,8 +44,10 @@ from ._status import ReplicaStatus as ReplicaStatus
 from ._status import ServeStatus as ServeStatus
 from .config import HTTPOptions as HTTPOptions
 from .exceptions import BackPressureError as BackPressureError
+from .exceptions import ConfigError as ConfigError
 from .exceptions import DeploymentFailedError as DeploymentFailedError
 from .exceptions import DeploymentUnavailableError as DeploymentUnavailableError
+from .exceptions import PortInUseError as PortInUseError
 from .exceptions import ReplicaDiedError as ReplicaDiedError
 from .exceptions import RequestCancelledError as RequestCancelledError
 from .exceptions import RequestTimeoutError as RequestTimeoutError
@@ -59,6 +61,7 @@ __all__ = [
     "ApplicationStatus",
     "AutoscalingConfig",
     "BackPressureError",
+    "ConfigError",
     "Deployment",
     "DeploymentConfig",
     "DeploymentFailedError",
@@ -69,6 +72,7 @@ __all__ = [
     "DeploymentUnavailableError",
     "HTTPLimits",
     "HTTPOptions",
+    "PortInUseError",
     "ReplicaContext",
     "ReplicaDiedError",
     "ReplicaStatus",

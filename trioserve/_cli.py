@@ -7,9 +7,11 @@ Errors are printed on one line and exit non-zero; ``0`` means success.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
+import os
 import secrets
 import signal
 import sys
@@ -18,23 +20,25 @@ import urllib.request
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import trio
+
+from actors import unwrap_lone_error
 
 from ._deployment import Application, Deployment
 from ._instance import ServeInstance, open_serve
 from ._runtime_file import TokenNotFoundError, find_token, read_or_create_token_file
 from ._schema import (
     ApplicationSchema,
-    ConfigError,
     ServeConfig,
     build_config,
     config_json_schema,
     dump_config,
     load_config,
 )
+from .exceptions import ConfigError, ServeError
 
 DEFAULT_CONTROL = "http://127.0.0.1:8265"
 
@@ -141,22 +145,61 @@ def _run_config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(applications=apps)
 
 
-async def _wait_for_stop(instance: ServeInstance, signals: Any) -> None:
-    async with trio.open_nursery() as nursery:
+#: the exit status after a second SIGINT/SIGTERM (a shell's for "killed by SIGINT")
+FORCED_EXIT_CODE = 130
 
-        async def on_signal() -> None:
-            async for signum in signals:
-                print(f"trioserve: {signal.Signals(signum).name}, draining", flush=True)
-                break
-            nursery.cancel_scope.cancel()
 
-        async def on_request() -> None:
-            await instance.shutdown_requested.wait()
-            print("trioserve: shutdown requested, draining", flush=True)
-            nursery.cancel_scope.cancel()
+async def _watch_signals(signals: Any, body: trio.CancelScope, draining: trio.Event) -> None:
+    """Task: the first SIGINT/SIGTERM ends ``body`` (the instance then drains); one more,
+    or one during a drain already under way, stops at once (:func:`_stop_now`)."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not draining.is_set():
+            print(f"trioserve: {name}, draining", flush=True)
+            draining.set()
+            body.cancel()
+        else:
+            print(f"trioserve: {name} again, stopping now", flush=True)
+            _stop_now()
 
-        nursery.start_soon(on_signal)
-        nursery.start_soon(on_request)
+
+def _descendants(pid: int) -> list[int]:
+    """The PIDs of every process below ``pid`` (Linux ``/proc``; none found elsewhere)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = entry.read_text()
+        except OSError:
+            continue  # it exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _stop_now() -> NoReturn:
+    """SIGKILL every process this one started (replicas, the fork server and its forks), then
+    exit without cleanup: the second Ctrl-C means *now*."""
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(FORCED_EXIT_CODE)
+
+
+async def _wait_for_stop(instance: ServeInstance, draining: trio.Event) -> None:
+    """Return once a shutdown is requested (signals end the caller's scope instead)."""
+    await instance.shutdown_requested.wait()
+    if not draining.is_set():
+        print("trioserve: shutdown requested, draining", flush=True)
+        draining.set()
 
 
 def _control_port(args: argparse.Namespace) -> int | None:
@@ -164,33 +207,52 @@ def _control_port(args: argparse.Namespace) -> int | None:
 
 
 async def _serve(config: ServeConfig, args: argparse.Namespace) -> None:
+    """Serve until SIGINT/SIGTERM or a shutdown request, then drain (see
+    :func:`_watch_signals`).
+
+    Tasks: the signal watcher, in a nursery around the instance (it outlives the drain, so a
+    second signal can cut the drain short), and the reloader, inside the instance.
+    """
     http = config.http_options
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_serve(
-            http_host=args.host if args.host is not None else http.host,
-            http_port=args.port if args.port is not None else http.port,
-            request_timeout_s=http.request_timeout_s,
-            control_host=getattr(args, "control_host", "127.0.0.1"),
-            control_port=_control_port(args),
-            token=_token_for_start(args),
-        ) as instance:
-            await instance.apply(config)
-            if not config.applications:
-                print(f"trioserve: HTTP at {instance.http_url}", flush=True)
-            for app in config.applications:
-                print(
-                    f"trioserve: application {app.name!r} at "
-                    f"{instance.http_url}{app.route_prefix or ''}",
-                    flush=True,
-                )
-            if instance.control_url:
-                print(f"trioserve: control endpoint at {instance.control_url}", flush=True)
-            async with trio.open_nursery() as nursery:
-                if getattr(args, "reload", False):
-                    nursery.start_soon(_reload_loop, instance, config, args)
-                await _wait_for_stop(instance, signals)
-                nursery.cancel_scope.cancel()
+    body = trio.CancelScope()
+    draining = trio.Event()
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        unwrap_lone_error(),  # an error from the instance comes out as itself
+    ):
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(_watch_signals, signals, body, draining)
+            async with open_serve(
+                http_host=args.host if args.host is not None else http.host,
+                http_port=args.port if args.port is not None else http.port,
+                request_timeout_s=http.request_timeout_s,
+                control_host=getattr(args, "control_host", "127.0.0.1"),
+                control_port=_control_port(args),
+                token=_token_for_start(args),
+            ) as instance:
+                with body:  # a first signal cancels it, during start-up too
+                    await _announce(instance, config)
+                    async with trio.open_nursery() as nursery:
+                        if getattr(args, "reload", False):
+                            nursery.start_soon(_reload_loop, instance, config, args)
+                        await _wait_for_stop(instance, draining)
+                        nursery.cancel_scope.cancel()
+            watcher.cancel_scope.cancel()
     print("trioserve: stopped", flush=True)
+
+
+async def _announce(instance: ServeInstance, config: ServeConfig) -> None:
+    """Deploy ``config`` and print where it answers."""
+    await instance.apply(config)
+    if not config.applications:
+        print(f"trioserve: HTTP at {instance.http_url}", flush=True)
+    for app in config.applications:
+        print(
+            f"trioserve: application {app.name!r} at {instance.http_url}{app.route_prefix or ''}",
+            flush=True,
+        )
+    if instance.control_url:
+        print(f"trioserve: control endpoint at {instance.control_url}", flush=True)
 
 
 def _token_for_start(args: argparse.Namespace) -> str | None:
@@ -534,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except CLIError as exc:
+    except (CLIError, ServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from ._http.server import HTTPLimits, HTTPServer
 from ._runtime_file import remove_runtime_file, write_runtime_file
 from ._schema import ApplicationSchema, ServeConfig, build_app, load_config
 from ._status import ServeStatus
+from .exceptions import PortInUseError
 
 SHUTDOWN_TIMEOUT_S = 30.0
 #: on shutdown, how long HTTP requests in flight get to be answered
@@ -208,7 +211,8 @@ async def open_serve(
                     with http_scope:
                         await server.serve(host=http_host, port=http_port, task_status=task_status)
 
-                instance.http_port = await nursery.start(run_http)
+                with _port_in_use(http_host, http_port, "http_port=..., trioserve run --port"):
+                    instance.http_port = await nursery.start(run_http)
             runtime_file: Path | None = None
             control_scope = trio.CancelScope()
             if control_port is not None:
@@ -221,7 +225,8 @@ async def open_serve(
                             host=control_host, port=control_port, task_status=task_status
                         )
 
-                bound = await nursery.start(run_control)
+                with _port_in_use(control_host, control_port, "control_port=..., --control-port"):
+                    bound = await nursery.start(run_control)
                 instance.control_url = f"http://{control_host}:{bound}"
                 runtime_file = write_runtime_file(bound, instance.control_url, system.token)
             previous = _context.current_or_none()
@@ -240,3 +245,20 @@ async def open_serve(
                     control_scope.cancel()
                     await controller.shutdown()
                 nursery.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def _port_in_use(host: str, port: int, option: str) -> Iterator[None]:
+    """Turn "address already in use" while binding into a one-line PortInUseError."""
+    try:
+        yield
+    except (OSError, ExceptionGroup) as exc:
+        if not _address_in_use(exc):
+            raise
+        raise PortInUseError(host, port, option) from None
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_address_in_use(e) for e in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE

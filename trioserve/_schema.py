@@ -25,19 +25,10 @@ from msgspec import UNSET, UnsetType
 
 from ._config import OPTION_NAMES, AutoscalingConfig, DeploymentConfig, apply_options
 from ._deployment import Application, Deployment, _check_name
-from .exceptions import ServeError
+from .exceptions import ConfigError
 
 Format = Literal["yaml", "json"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class ConfigError(ServeError, ValueError):
-    """A config file (or dict) is invalid; ``path`` names the bad field (``""``: the whole)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}" if path else reason)
-        self.path = path
-        self.reason = reason
 
 
 # Each struct repeats forbid_unknown_fields/kw_only/frozen: mypy's dataclass_transform does not

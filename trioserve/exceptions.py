@@ -11,6 +11,8 @@ The tree::
     ├── RequestTimeoutError         .result(timeout_s=...) or get/wait timed out
     ├── RequestTooLargeError        a request's arguments or its result exceed the message limit
     ├── ServeNotRunningError        no serve instance is running (serve.run() starts one)
+    ├── PortInUseError              the HTTP or control port is taken by another process
+    ├── ConfigError                 a config file does not validate (names the field)
     └── ServeShutdownError          the serve instance a handle belongs to was shut down
 
 User exceptions raised inside a replica are re-raised in the caller with their own type,
@@ -113,3 +115,37 @@ class ServeShutdownError(ServeError):
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Unpickle an error whose constructor takes keyword-only fields."""
     return cls(*args, **kwargs)
+
+
+class PortInUseError(ServeError, OSError):
+    """A port the instance must listen on is already in use."""
+
+    def __init__(self, host: str, port: int, option: str) -> None:
+        super().__init__(
+            f"cannot listen on {host}:{port}: the address is already in use; stop what "
+            f"uses it, or choose another port ({option})"
+        )
+        self.host = host
+        self.port = port
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_port_in_use, (self.host, self.port, str(self)))
+
+
+def _port_in_use(host: str, port: int, message: str) -> PortInUseError:
+    error = PortInUseError.__new__(PortInUseError)
+    Exception.__init__(error, message)
+    error.host, error.port = host, port
+    return error
+
+
+class ConfigError(ServeError, ValueError):
+    """A config file (or dict) is invalid; ``path`` names the bad field (``""``: the whole)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))

@@ -13,7 +13,6 @@ import pytest
 from trioserve._config import OPTION_NAMES
 from trioserve._schema import (
     ApplicationSchema,
-    ConfigError,
     DeploymentSchema,
     HTTPOptionsSchema,
     apply_overrides,
@@ -24,7 +23,7 @@ from trioserve._schema import (
     load_config,
     resolve_import_path,
 )
-from trioserve.exceptions import ServeError
+from trioserve.exceptions import ConfigError, ServeError
 
 from . import schema_targets
 
