@@ -11,6 +11,7 @@ from ._api import get_async as get_async
 from ._api import get_deployment_handle as get_deployment_handle
 from ._api import get_replica_context as get_replica_context
 from ._api import run as run
+from ._api import run_config as run_config
 from ._api import shutdown as shutdown
 from ._api import start as start
 from ._api import status as status
@@ -104,6 +105,7 @@ __all__ = [
     "multiplexed",
     "open_serve",
     "run",
+    "run_config",
     "shutdown",
     "start",
     "status",

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 import trio
@@ -26,6 +27,7 @@ from ._handles.response import (
 from ._instance import ServeInstance, open_serve
 from ._replica.process_context import ReplicaProcessContext
 from ._replica.replica import ENV_CONTROLLER
+from ._schema import ServeConfig, load_config
 from ._status import ServeStatus
 from .config import HTTPOptions
 from .exceptions import RequestTimeoutError, ServeNotRunningError
@@ -218,6 +220,25 @@ def run(
         except KeyboardInterrupt:
             shutdown()
     return sync
+
+
+def run_config(config: ServeConfig | Mapping[str, Any] | str | Path) -> None:
+    """Apply a config (a file path, a dict or a :class:`ServeConfig`), as
+    ``trioserve deploy`` does: its applications run (each as ``serve.run`` would run it),
+    applications not in it are deleted. Starts an instance if none runs (on the config's
+    ``http_options``). Returns once every application is running."""
+    cfg = config if isinstance(config, ServeConfig) else load_config(config)
+    with _lock:
+        running = _background is not None
+    if not running:
+        http = cfg.http_options
+        start(http_host=http.host, http_port=http.port)
+    bg, instance = _instance("serve.run_config()")
+
+    async def apply() -> None:
+        await instance.apply(cfg)
+
+    bg.call(apply)
 
 
 def shutdown() -> None:
