@@ -87,3 +87,18 @@ __all__ = [
     "serve_links",
     "unwrap_lone_error",
 ]
+
+
+def _fixup_module_metadata() -> None:
+    """Public names say where users import them from: reprs and tracebacks read
+    ``actors.Name``, not the private module that defines it (trio does the same)."""
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        module = getattr(obj, "__module__", "")
+        if module.startswith("actors._") and getattr(obj, "__qualname__", None) == name:
+            obj.__module__ = "actors"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

@@ -112,3 +112,18 @@ __all__ = [
     "wait",
     "wait_async",
 ]
+
+
+def _fixup_module_metadata() -> None:
+    """Public names say where users import them from: reprs and tracebacks read
+    ``trioserve.Name``, not the private module that defines it (trio does the same)."""
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        module = getattr(obj, "__module__", "")
+        if module.startswith("trioserve._") and getattr(obj, "__qualname__", None) == name:
+            obj.__module__ = "trioserve"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

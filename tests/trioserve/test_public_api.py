@@ -168,3 +168,14 @@ def test_public_api_actors_testing_lists_its_helpers() -> None:
 
     assert sorted(actors.testing.__all__) == ["connected", "running_actor", "serving"]
     assert all(callable(getattr(actors.testing, name)) for name in actors.testing.__all__)
+
+
+@pytest.mark.parametrize("package", [trioserve, actors], ids=["trioserve", "actors"])
+def test_public_names_say_their_public_module(package: types.ModuleType) -> None:
+    """Public classes and functions name the package they are imported from (reprs,
+    tracebacks), never a private module."""
+    for name in package.__all__:
+        obj = getattr(package, name)
+        module = getattr(obj, "__module__", "") or ""
+        assert not module.startswith(f"{package.__name__}._"), (name, module)
+    assert repr(trioserve.DeploymentHandle).startswith("<class 'trioserve.DeploymentHandle'")
