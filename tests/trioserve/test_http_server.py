@@ -12,7 +12,6 @@ import pytest
 import trio
 import trio.testing
 
-from trioserve._replica.http import Request
 from trioserve._http.server import (
     Handler,
     HTTPLimits,
@@ -21,6 +20,7 @@ from trioserve._http.server import (
     plain,
     serve_http,
 )
+from trioserve._replica.http import Request
 
 TIMEOUT_S = 5.0
 
