@@ -49,9 +49,7 @@ async def main() -> None:
         served_by: dict[str, set[int]] = {}
         for _ in range(3):
             for model_id in ("x2", "x3", "x5", "x7"):
-                result, pid = await handle.predict.options(multiplexed_model_id=model_id).remote(
-                    10
-                )
+                result, pid = await handle.predict.options(multiplexed_model_id=model_id).remote(10)
                 assert result == 10 * int(model_id[1:])
                 served_by.setdefault(model_id, set()).add(pid)
         assert all(len(pids) == 1 for pids in served_by.values()), served_by
