@@ -217,7 +217,7 @@ async def open_serve(
             control_scope = trio.CancelScope()
             if control_port is not None:
                 control = ControlAPI(instance, system.token, nursery)
-                control_server = HTTPServer(control.handle, http_limits)
+                control_server = HTTPServer(control.handle, http_limits, gate=control.gate)
 
                 async def run_control(task_status: trio.TaskStatus[int]) -> None:
                     with control_scope:

@@ -16,6 +16,9 @@ import pytest
 import trio
 import yaml
 
+import trioserve as serve
+from trioserve._schema import build_app, load_config
+
 from .test_cli import CLI, REPO, free_port
 
 STARTUP_TIMEOUT_S = 30.0
@@ -175,6 +178,9 @@ async def test_cli_build_start_deploy_status_config_shutdown(tmp_path: Path) -> 
     config = yaml.safe_load(built.read_text())
     assert [a["name"] for a in config["applications"]] == ["greeter", "build_greeter"]
     assert config["applications"][1]["args"] == {"greeting": "hi"}
+    # what ``run`` does with it: load, build every application (no server needed here)
+    for app in load_config(built).applications:
+        assert isinstance(build_app(app), serve.Application)
 
     control, port = free_port(), free_port()
     address = f"http://127.0.0.1:{control}"

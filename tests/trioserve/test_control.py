@@ -183,3 +183,26 @@ async def test_control_shutdown_sets_the_request(
         assert (await ctl.post("/api/shutdown")).status_code == 202
         with trio.fail_after(1):
             await instance.shutdown_requested.wait()
+
+
+async def test_control_refuses_before_reading_the_body(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A request without the token is answered 401 from its headers alone: a client that
+    announces a 60 MiB body and never sends it is refused at once, and disconnected."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    async with serve.open_serve(http_port=None, control_port=0) as instance:
+        assert instance.control_url is not None
+        port = int(instance.control_url.rpartition(":")[2])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        head = (
+            "PUT /api/applications HTTP/1.1\r\nhost: x\r\n"
+            f"content-length: {60 * 2**20}\r\nauthorization: Bearer wrong\r\n\r\n"
+        )
+        await stream.send_all(head.encode())
+        received = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 401")
+        await stream.aclose()

@@ -76,6 +76,12 @@ class ControlAPI:
             return False
         return hmac.compare_digest(given.strip().encode(), self._token)
 
+    def gate(self, headers: Any) -> HTTPReply | None:
+        """For the server: refuse a request without the token before its body is read."""
+        if self.authorized(headers):
+            return None
+        return plain(401, "unauthorized: send the instance token", [_BEARER])
+
     async def handle(self, request: Request) -> HTTPReply:
         if not self.authorized(request.headers):
             return plain(401, "unauthorized: send the instance token", [_BEARER])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import attrs
 import h11
@@ -157,6 +157,15 @@ class _Connection:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         declared = headers.get("content-length")
+        gate = self.server.gate
+        if gate is not None:
+            refused = gate(headers)
+            if refused is not None:
+                # answered before the body is read: the connection cannot be reused
+                refused.headers = [*refused.headers, ("connection", "close")]
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._send_reply(refused)
+                return False
         try:
             body = await self._read_body(int(declared) if declared else None)
         except h11.RemoteProtocolError as exc:
@@ -236,9 +245,18 @@ class HTTPServer:
     closes every connection (requests in flight are cancelled).
     """
 
-    def __init__(self, handler: Handler, limits: HTTPLimits | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: HTTPLimits | None = None,
+        *,
+        gate: Callable[[Mapping[str, str]], HTTPReply | None] | None = None,
+    ) -> None:
         self.handler = handler
         self.limits = limits or HTTPLimits()
+        #: sees each request's headers before its body is read; a reply it returns is sent
+        #: instead of calling the handler (the control endpoint refuses a missing token so)
+        self.gate = gate
         self.draining = False
         #: the cancel scopes of connections waiting for their next request
         self.idle: set[trio.CancelScope] = set()
