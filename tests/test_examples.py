@@ -18,6 +18,7 @@ TIMEOUT_S = 120
 
 #: the last line each example prints once all of its own assertions have passed
 EXPECTED_LAST_LINE = {
+    "asyncio_deployment": "asyncio deployment: httpx on asyncio and asyncio.gather over responses",
     "batching": "batching: 64 requests answered in batches of up to 32",
     "multiplexing": "multiplexing: 4 models over 2 replicas, each model on one replica",
     "config_file": "config file: 2 applications deployed from serve_config.yaml",

@@ -184,6 +184,11 @@ def _env_vars(value: object) -> Mapping[str, str]:
     return dict(value)
 
 
+def _event_loop(_inst: object, _attr: object, value: object) -> None:
+    if value not in ("trio", "asyncio"):
+        raise ValueError(f"event_loop must be 'trio' or 'asyncio', got {value!r}")
+
+
 def _num_replicas(_inst: object, _attr: object, value: object) -> None:
     if value == "auto":
         return
@@ -224,6 +229,8 @@ class DeploymentConfig:
     placement: Placement = attrs.field(default="process", validator=_placement)
     resources: Resources = attrs.field(factory=Resources, converter=_to_resources)
     env_vars: Mapping[str, str] = attrs.field(factory=dict, converter=_env_vars)
+    #: what runs the deployment's async methods: Trio (the default) or an asyncio loop
+    event_loop: Literal["trio", "asyncio"] = attrs.field(default="trio", validator=_event_loop)
 
     def __attrs_post_init__(self) -> None:
         if self.num_replicas == "auto" and self.autoscaling_config is None:
@@ -257,6 +264,7 @@ OPTION_NAMES = frozenset(
         "resources",
         "env_vars",
         "ray_actor_options",
+        "event_loop",
     }
 )
 

@@ -246,7 +246,7 @@ class ReplicaSet:
                 self.kwargs,
                 self.deployment.is_function,
             ),
-            kwargs={"user_config": self.config.user_config},
+            kwargs={"user_config": self.config.user_config, "event_loop": self.config.event_loop},
             name=replica_id,
             max_ongoing=self.config.max_ongoing_requests,
             placement=self.config.placement,
@@ -409,7 +409,7 @@ class ReplicaSet:
             return True
         if not (_same_args(args, self.args) and _same_args(kwargs, self.kwargs)):
             return True
-        fixed = ("max_ongoing_requests", "placement", "graceful_shutdown_timeout_s")
+        fixed = ("max_ongoing_requests", "placement", "graceful_shutdown_timeout_s", "event_loop")
         return any(getattr(config, f) != getattr(self.config, f) for f in fixed)
 
     async def update(

@@ -251,6 +251,8 @@ class DeploymentResponse(_Request):
         )
 
     def __await__(self) -> Generator[Any, None, Any]:
+        if not on_loop(self._token) and _in_asyncio():
+            return _await_from_asyncio(self).__await__()
         return self._future.wait().__await__()
 
     def done(self) -> bool:
@@ -333,7 +335,12 @@ class DeploymentResponseGenerator(_Request):
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
 
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Any:
+        if not on_loop(self._token) and _in_asyncio():
+            return _next_from_asyncio(self)
+        return self._next()
+
+    async def _next(self) -> Any:
         while True:
             try:
                 await self._wait_assigned()
@@ -404,3 +411,57 @@ async def _next_item(stream: DeploymentResponseGenerator) -> tuple[bool, Any]:
 
 
 _ANY_RESPONSE = (DeploymentResponse, ResponseWrapper)
+
+
+# -- from asyncio code (deployments with event_loop="asyncio", or asyncio programs)
+
+
+def _in_asyncio() -> bool:
+    """Whether this thread runs an asyncio loop (where awaiting needs a bridge to Trio)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _await_from_asyncio(response: DeploymentResponse) -> Any:
+    """``await response`` on an asyncio loop: the result arrives from the response's Trio
+    loop through a future; cancelling the asyncio task cancels the request."""
+    import asyncio
+    import concurrent.futures
+
+    bridge: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def settle(future: CallFuture) -> None:
+        error = future.exception()
+        if error is not None:
+            bridge.set_exception(error)
+        else:
+            bridge.set_result(future.result())
+
+    try:
+        response._token.run_sync_soon(response._future.add_done_callback, settle)
+    except trio.RunFinishedError:
+        raise ServeShutdownError("serve was shut down; call serve.run() again") from None
+    try:
+        return await asyncio.wrap_future(bridge)
+    except asyncio.CancelledError:  # why: a cancelled asyncio caller cancels the request
+        with contextlib.suppress(trio.RunFinishedError):
+            response._token.run_sync_soon(response._future.cancel)
+        raise
+
+
+async def _next_from_asyncio(stream: DeploymentResponseGenerator) -> Any:
+    """The next item of a stream, for ``async for`` on an asyncio loop."""
+    import asyncio
+
+    try:
+        return await asyncio.to_thread(
+            lambda: trio.from_thread.run(stream._next, trio_token=stream._token)
+        )
+    except asyncio.CancelledError:  # why: a cancelled asyncio consumer cancels the stream
+        stream.cancel()
+        raise

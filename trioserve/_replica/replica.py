@@ -24,6 +24,7 @@ from .._handles.messages import MODEL_SEP
 from .._metrics import Histogram
 from .._ship import unship
 from .asgi import ASGI_ATTR, run_asgi
+from .asyncio_loop import AsyncioThread, hint_asyncio
 from .batching import snapshot_batch_metrics
 from .http import (
     STREAM_HEAD,
@@ -90,9 +91,12 @@ class Replica:
         kwargs: dict[str, Any],
         is_function: bool,
         user_config: Any = None,
+        event_loop: str = "trio",
     ) -> None:
         self.info = info
         self.is_function = is_function
+        #: the asyncio loop that runs the user's async methods (``event_loop="asyncio"``)
+        self.asyncio = AsyncioThread() if event_loop == "asyncio" else None
         if os.environ.get(ENV_CONTROLLER):  # a replica process hosts this replica only
             _context.set_replica_context(self)
         target = unship(target)
@@ -128,6 +132,8 @@ class Replica:
             raise TypeError(
                 f"deployment {self.info.deployment!r} has a user_config but no reconfigure() method"
             )
+        if self.asyncio is not None:
+            fn = self.asyncio.wrap(fn)
         if inspect.iscoroutinefunction(fn):
             await fn(config)
         else:
@@ -231,13 +237,16 @@ class Replica:
                 raise AttributeError(
                     f"function deployment {self.info.deployment!r} has no method {name!r}"
                 )
-            return self.user  # type: ignore[no-any-return]
+            user: Callable[..., Any] = self.user
+            return self.asyncio.wrap(user) if self.asyncio is not None else hint_asyncio(user)
         if name.startswith("_") and name != "__call__":
             raise AttributeError(f"deployment {self.info.deployment!r}: method {name!r} is private")
         fn = getattr(self.user, name, None)
         if fn is None or not callable(fn):
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
-        return fn  # type: ignore[no-any-return]
+        if self.asyncio is not None:
+            return self.asyncio.wrap(fn)
+        return hint_asyncio(fn)
 
 
 # -- HTTP responses
