@@ -5,12 +5,25 @@ dicts of them) travels as msgpack and comes back as the same types. Anything els
 dataclasses, Structs, user classes, exceptions) travels as a msgpack extension holding a
 cloudpickle, so it comes back as itself. Pickles are decoded only when the caller says the
 connection is authenticated (``allow_pickle=True``).
+
+Code shipped by value (functions and classes from the user's ``__main__`` script) keeps its
+file name, so tracebacks raised in it name the user's file, line and source line (cloudpickle
+itself replaces the file name with ``<dynamic-code>``).
+
+An exception travels as a pickle when it can be rebuilt from one: by its own ``__reduce__``
+when that round-trips, else by its type, ``args`` and ``__dict__`` (for the many exceptions
+whose constructor takes other arguments than ``args``). Only an exception that cannot be
+pickled, or not unpickled at the caller, arrives as :class:`RemoteError`.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import traceback
+import types
+from collections import ChainMap
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -23,6 +36,32 @@ PICKLE_EXT = 1
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 _MAX_DEPTH = 64
 _encoder = msgspec.msgpack.Encoder()
+
+
+_DYNAMIC_FILENAME = "<dynamic-code>"
+_cloudpickle_code_reduce: Callable[[types.CodeType], tuple[Any, tuple[Any, ...]]] = (
+    cloudpickle.Pickler.dispatch_table[types.CodeType]
+)
+
+
+def _code_reduce(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    """cloudpickle's reduction of a code object, with its real ``co_filename`` back."""
+    rebuild, args = _cloudpickle_code_reduce(code)
+    if _DYNAMIC_FILENAME in args and code.co_filename != _DYNAMIC_FILENAME:
+        at = args.index(_DYNAMIC_FILENAME)  # co_filename comes before co_name
+        args = (*args[:at], code.co_filename, *args[at + 1 :])
+    return rebuild, args
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps(obj: object) -> bytes:
+    """``cloudpickle.dumps``, keeping the file names of code shipped by value."""
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+        return file.getvalue()
 
 
 def _is_plain(obj: object, depth: int = 0) -> bool:
@@ -47,7 +86,7 @@ def wrap(obj: object) -> object:
     """Return ``obj`` itself if msgpack carries it faithfully, else a pickle extension."""
     if _is_plain(obj):
         return obj
-    return msgspec.msgpack.Ext(PICKLE_EXT, cloudpickle.dumps(obj))
+    return msgspec.msgpack.Ext(PICKLE_EXT, dumps(obj))
 
 
 def encode_value(obj: object) -> bytes:
@@ -100,20 +139,51 @@ def decode_args(
 # Exceptions
 
 
+def _new_error(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    """Unpickle an exception by state: no constructor call."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _ErrorByState:
+    """Pickles as the exception it holds, rebuilt by :func:`_new_error`."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_new_error, (type(exc), exc.args, dict(vars(exc))))
+
+
+def _pickle_error(exc: BaseException) -> bytes | None:
+    """A pickle of ``exc`` that unpickles (here at least) as its own type, or ``None``."""
+    try:
+        pickled = dumps(exc)
+        if type(cloudpickle.loads(pickled)) is type(exc):
+            return pickled
+    except Exception:  # why: its own reduction fails (a constructor with other arguments)
+        pass
+    try:
+        return dumps(_ErrorByState(exc))
+    except Exception:  # why: an exception that cannot be pickled still travels as text
+        return None
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """Describe ``exc`` for the wire: type, message, traceback text, and a pickle if possible."""
     tb = "".join(traceback.format_exception(exc))
-    try:
-        pickled: bytes | None = cloudpickle.dumps(exc)
-    except Exception:  # why: an exception that cannot be pickled still travels as text
-        pickled = None
     cls = type(exc)
     return ErrorInfo(
         module=cls.__module__,
         qualname=cls.__qualname__,
         message=str(exc),
         traceback=tb,
-        pickled=pickled,
+        pickled=_pickle_error(exc),
     )
 
 

@@ -116,6 +116,9 @@ class ForkServer:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(req_r, resp_w),
+                # its own process group, which its forked children inherit: a terminal's
+                # Ctrl-C reaches only the driver, which drains and then stops them itself
+                process_group=0,
             )
         finally:
             os.close(req_r)

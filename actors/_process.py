@@ -5,6 +5,11 @@ connect back to. ``system.run_actor(spec)`` (a task for ``nursery.start``) spawn
 ``python -m actors._child``; the child authenticates, says hello, receives its spec over the
 control link, builds the object, serves calls on its own listener and reports its address.
 The token reaches the child through its environment only, never its command line.
+
+Children (and the fork server, whose forks inherit its group) run in process groups of
+their own, so a terminal's Ctrl-C, sent to its foreground process group, reaches only the
+parent: it decides how to stop them (drain, then ``Stop``). A child whose parent dies
+anyway ends by itself (its control link closes; a watchdog thread notices the new parent).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import cloudpickle
 import msgspec
 import trio
 from trio_websocket import WebSocketConnection
@@ -111,8 +115,13 @@ class ActorSystem:
         env = {**os.environ, ENV_TOKEN: self.token, ENV_PARENT: self.control_address}
         env.update(child_env)
         env[ENV_PARENT_PID] = str(os.getpid())
+        # its own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches
+        # only the driver, which drains and then stops its children itself
         return await trio.lowlevel.open_process(
-            [sys.executable, "-P", "-m", "actors._child"], env=env, stdin=subprocess.DEVNULL
+            [sys.executable, "-P", "-m", "actors._child"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
         )
 
     # -- the control listener's side
@@ -157,7 +166,7 @@ class ActorSystem:
         child_id = secrets.token_hex(8)
         slot = _Slot()
         self._slots[child_id] = slot
-        blob = msgspec.msgpack.encode([list(sys.path), cloudpickle.dumps(spec), self.child_host])
+        blob = msgspec.msgpack.encode([list(sys.path), _codec.dumps(spec), self.child_host])
         try:
             proc = await self._spawn(child_id, spec.env)
         except BaseException:  # why: forget the slot of a child that never started; re-raised

@@ -13,7 +13,8 @@ it to SIGKILL one of its children (one the parent could not take charge of; the 
 parent, signals it safely: an unreaped PID is never reused). When the request pipe closes
 (the parent is gone, or shutting down), the zygote waits for its children to notice their
 parent's departure on their own control links and exit, kills any still running after
-``ORPHAN_GRACE_S``, reaps them and exits: no child outlives it.
+``ORPHAN_GRACE_S``, reaps them and exits: no child outlives it. The zygote runs in a
+process group of its own (its children inherit it), away from the terminal's Ctrl-C.
 
 The instance token is removed from the zygote's environment before anything is preloaded;
 each child gets it back just before it runs (and removes it itself).

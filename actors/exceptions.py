@@ -69,7 +69,8 @@ class DeadlineExceededError(ActorError):
 
 
 class RemoteError(ActorError):
-    """An exception raised by the actor whose type cannot be imported in this process."""
+    """An exception raised by the actor that cannot be rebuilt in this process: its type
+    cannot be pickled there, or not unpickled (imported) here."""
 
     def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
         super().__init__(f"{type_name}: {message}")

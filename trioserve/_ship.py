@@ -4,7 +4,8 @@
 no longer finds the class under its name and would ship it by value (with everything its
 class attributes hold). A class from an importable module is therefore shipped as a
 reference the replica imports; only classes from the user's ``__main__`` script (or
-defined inside functions) travel by value.
+defined inside functions) travel by value; their code keeps its file name and line numbers
+(the actor runtime pickles it so), so a replica's traceback names the user's script.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import sys
 import threading
 from typing import Any
 
+import cloudpickle
 import msgspec
 import pytest
 
@@ -299,3 +300,68 @@ def test_codec_malformed_error_payload_becomes_protocol_error() -> None:
     """A malformed error payload fails its call with a ProtocolError instead of raising."""
     rebuilt = _codec.decode_error(b"\xc1")
     assert isinstance(rebuilt, actors.ProtocolError)
+
+
+class CodedError(Exception):
+    """Its constructor takes more than its ``args``: its own pickle does not round-trip."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FieldError(Exception):
+    def __init__(self, *, field: str) -> None:
+        super().__init__(f"bad field {field!r}")
+        self.field = field
+
+
+def _raise_coded(code: int, message: str) -> None:
+    raise CodedError(code, message)
+
+
+def test_codec_error_with_other_constructor_arguments_keeps_type_and_attributes() -> None:
+    """An exception whose constructor takes other arguments than its ``args`` arrives as
+    itself (rebuilt from its ``args`` and attributes), with the remote traceback."""
+    rebuilt = _codec.decode_error(_codec.encode_error(_caught(_raise_coded, 7, "coded")))
+    assert type(rebuilt) is CodedError
+    assert (rebuilt.code, rebuilt.args, str(rebuilt)) == (7, ("coded",), "coded")
+    assert "_raise_coded" in rebuilt.remote_traceback  # type: ignore[attr-defined]
+
+    keyword = _codec.decode_error(_codec.encode_error(FieldError(field="size")))
+    assert type(keyword) is FieldError
+    assert keyword.field == "size"
+    assert str(keyword) == "bad field 'size'"
+
+
+def test_codec_error_of_a_class_unknown_here_arrives_as_remote_error() -> None:
+    """A pickled exception whose class cannot be unpickled here arrives as RemoteError."""
+    info = _codec.error_info(_caught(_raise_coded, 3, "far away"))
+    assert info.pickled is not None
+    missing = "x" * len(CodedError.__module__)  # same length: the pickle stays well-formed
+    assert missing not in sys.modules
+    gone = ErrorInfo(
+        module=missing,
+        qualname="CodedError",
+        message=info.message,
+        traceback=info.traceback,
+        pickled=info.pickled.replace(CodedError.__module__.encode(), missing.encode()),
+    )
+    with pytest.raises(ModuleNotFoundError):
+        cloudpickle.loads(gone.pickled)
+    rebuilt = _codec.decode_error(msgspec.msgpack.encode(gone))
+    assert isinstance(rebuilt, actors.RemoteError)
+    assert rebuilt.message == "far away"
+
+
+def test_codec_dumps_keeps_the_file_name_of_code_shipped_by_value() -> None:
+    """Functions shipped by value keep their file and line numbers (cloudpickle alone says
+    ``<dynamic-code>``), so remote tracebacks name the user's source."""
+
+    def local() -> int:  # defined in a function: cloudpickle ships it by value
+        return 1
+
+    shipped = _codec.decode_value(_codec.encode_value(local))
+    assert shipped() == 1
+    assert shipped.__code__.co_filename == __file__
+    assert shipped.__code__.co_firstlineno == local.__code__.co_firstlineno

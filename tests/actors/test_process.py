@@ -73,6 +73,21 @@ async def test_run_actor_ignores_a_package_of_the_same_name_in_the_working_direc
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("spawn_method", ["fork", "exec"])
+async def test_run_actor_children_outside_our_process_group(spawn_method: str) -> None:
+    """Children (and the fork server) run in process groups of their own: a terminal's
+    Ctrl-C, sent to its foreground group, reaches only the parent, which stops them."""
+    async with (
+        actors.open_actor_system(spawn_method=spawn_method) as system,
+        trio.open_nursery() as nursery,
+    ):
+        actor = await nursery.start(system.run_actor, worker_spec())
+        assert actor.pid is not None
+        assert os.getpgid(actor.pid) != os.getpgrp()
+        assert all(os.getpgid(z.pid) != os.getpgrp() for z in _fork_servers())
+        nursery.cancel_scope.cancel()
+
+
 def _fork_servers() -> list[psutil.Process]:
     """This process's fork servers (its forked children share their command line)."""
     return [
