@@ -48,6 +48,8 @@ from .messages import MODEL_SEP
 from .response import DeploymentResponse, DeploymentResponseGenerator, _Request
 
 REJECT_BACKOFF_S = 0.002
+#: how long a model sent to a replica counts as held there without a report saying so
+MODEL_REPORT_GRACE_S = 2.0
 
 
 @attrs.define(eq=False)
@@ -58,6 +60,9 @@ class ReplicaSlot:
     blocked_until: float = 0.0
     #: multiplexed model ids the replica holds (reported, or sent there from here)
     models: set[str] = attrs.field(factory=set)
+    #: models sent there from here lately, by when: kept until a report lists them (or
+    #: a while has passed), so a report that lags behind does not undo them
+    sent: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -238,9 +243,16 @@ class Router:
 
     def update_models(self, models: dict[str, list[str]]) -> None:
         """The model ids each replica reported holding (model-aware routing)."""
+        now = trio.current_time()
         for slot in self._slots:
             if slot.replica_id in models:
-                slot.models = set(models[slot.replica_id])
+                reported = set(models[slot.replica_id])
+                slot.sent = {
+                    m: t
+                    for m, t in slot.sent.items()
+                    if m not in reported and now - t < MODEL_REPORT_GRACE_S
+                }
+                slot.models = reported | set(slot.sent)
 
     def _assign(self, req: _Request) -> bool:
         model_id = req.multiplexed_model_id
@@ -257,8 +269,9 @@ class Router:
                 inner = slot.ref.submit_stream(method, req._args, req._kwargs, timeout=timeout)
             else:
                 inner = slot.ref.submit(method, req._args, req._kwargs, timeout=timeout)
-            if model_id:
+            if model_id and model_id not in slot.models:
                 slot.models.add(model_id)  # it will hold it: send the next ones there too
+                slot.sent[model_id] = trio.current_time()
             if inner.done() and isinstance(inner.exception(), ActorDiedError):
                 # never left this process: drop the replica and try another
                 self._slots = [s for s in self._slots if s is not slot]
