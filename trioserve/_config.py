@@ -184,6 +184,11 @@ def _env_vars(value: object) -> Mapping[str, str]:
     return dict(value)
 
 
+def _message_size(_inst: object, _attr: object, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+        raise ValueError(f"max_message_size must be an int >= 1024 (bytes), got {value!r}")
+
+
 def _event_loop(_inst: object, _attr: object, value: object) -> None:
     if value not in ("trio", "asyncio"):
         raise ValueError(f"event_loop must be 'trio' or 'asyncio', got {value!r}")
@@ -229,6 +234,8 @@ class DeploymentConfig:
     placement: Placement = attrs.field(default="process", validator=_placement)
     resources: Resources = attrs.field(factory=Resources, converter=_to_resources)
     env_vars: Mapping[str, str] = attrs.field(factory=dict, converter=_env_vars)
+    #: the largest message (a request's arguments, a result) its replicas' connections carry
+    max_message_size: int = attrs.field(default=64 * 1024 * 1024, validator=_message_size)
     #: what runs the deployment's async methods: Trio (the default) or an asyncio loop
     event_loop: Literal["trio", "asyncio"] = attrs.field(default="trio", validator=_event_loop)
 
@@ -265,6 +272,7 @@ OPTION_NAMES = frozenset(
         "env_vars",
         "ray_actor_options",
         "event_loop",
+        "max_message_size",
     }
 )
 

@@ -77,6 +77,8 @@ class DeploymentSchema(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
     ray_actor_options: dict[str, Any] | UnsetType = UNSET
     resources: dict[str, Any] | UnsetType = UNSET  # why Any: Ray nests {"resources": {...}}
     env_vars: dict[str, str] | UnsetType = UNSET
+    event_loop: str | UnsetType = UNSET  # why str: checked by _config, with its message
+    max_message_size: int | UnsetType = UNSET
 
     def options(self) -> dict[str, Any]:
         """The options given that trioserve applies, as ``Deployment.options(**...)`` takes."""

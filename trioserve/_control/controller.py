@@ -164,6 +164,7 @@ class Controller:
             max_queued=replica_set.config.max_queued_requests,
             report_interval_s=auto.metrics_interval_s if auto is not None else None,
             models=replica_set.live_models(),
+            max_message_size=replica_set.config.max_message_size,
         )
 
     async def watch(self, app: str, deployment: str) -> AsyncIterator[Membership]:

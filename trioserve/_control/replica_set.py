@@ -249,6 +249,7 @@ class ReplicaSet:
             kwargs={"user_config": self.config.user_config, "event_loop": self.config.event_loop},
             name=replica_id,
             max_ongoing=self.config.max_ongoing_requests,
+            max_message_size=self.config.max_message_size,
             placement=self.config.placement,
             grace_s=self.config.graceful_shutdown_timeout_s,
             env={ENV_CONTROLLER: self.hooks.address},
@@ -409,7 +410,13 @@ class ReplicaSet:
             return True
         if not (_same_args(args, self.args) and _same_args(kwargs, self.kwargs)):
             return True
-        fixed = ("max_ongoing_requests", "placement", "graceful_shutdown_timeout_s", "event_loop")
+        fixed = (
+            "max_ongoing_requests",
+            "placement",
+            "graceful_shutdown_timeout_s",
+            "event_loop",
+            "max_message_size",
+        )
         return any(getattr(config, f) != getattr(self.config, f) for f in fixed)
 
     async def update(

@@ -26,6 +26,8 @@ class Membership(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     #: the multiplexed model ids each replica holds, by replica id
     models: dict[str, list[str]] = {}
+    #: the largest message a connection to these replicas carries
+    max_message_size: int = 64 * 1024 * 1024
 
 
 class LoadReport(msgspec.Struct, frozen=True, kw_only=True):

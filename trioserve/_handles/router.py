@@ -322,7 +322,11 @@ class Router:
             self._fail_or_end(req, RequestTimeoutError(f"{self.name}: {error}"))
         elif isinstance(error, MessageTooLargeError):
             too_large = RequestTooLargeError(
-                f"{self.name}: {error}", deployment=self.name, size=error.size, limit=error.limit
+                f"{self.name}: a message of {error.size} bytes is over the limit of "
+                f"{error.limit}; send less, or raise the deployment's max_message_size option",
+                deployment=self.name,
+                size=error.size,
+                limit=error.limit,
             )
             too_large.__cause__ = error
             self._fail_or_end(req, too_large)

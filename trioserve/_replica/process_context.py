@@ -151,7 +151,7 @@ class ReplicaProcessContext:
             elif address not in self._connecting:
                 self._connecting.add(address)
                 assert self._nursery is not None
-                self._nursery.start_soon(self._connect, address)
+                self._nursery.start_soon(self._connect, address, update.max_message_size)
         router.update(refs, max_ongoing=update.max_ongoing, max_queued=update.max_queued)
         router.update_models(update.models)
 
@@ -182,7 +182,7 @@ class ReplicaProcessContext:
             if address not in wanted:
                 scope.cancel()
 
-    async def _connect(self, address: str) -> None:
+    async def _connect(self, address: str, max_message_size: int) -> None:
         def on_connected(ref: actors.RemoteRef) -> None:
             self._conns[address] = ref
             self._connecting.discard(address)
@@ -193,7 +193,11 @@ class ReplicaProcessContext:
         try:
             with scope:
                 await actors.connect(
-                    address, token=self._token, name=address, task_status=_Started(on_connected)
+                    address,
+                    token=self._token,
+                    name=address,
+                    max_message_size=max_message_size,
+                    task_status=_Started(on_connected),
                 )
         except actors.ActorError:
             pass  # the replica went away before we reached it; membership will follow
