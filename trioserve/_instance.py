@@ -215,11 +215,13 @@ async def open_serve(
                     instance.http_port = await nursery.start(run_http)
             runtime_file: Path | None = None
             control_scope = trio.CancelScope()
+            control_server: HTTPServer | None = None
             if control_port is not None:
                 control = ControlAPI(instance, system.token, nursery)
                 control_server = HTTPServer(control.handle, http_limits, gate=control.gate)
 
                 async def run_control(task_status: trio.TaskStatus[int]) -> None:
+                    assert control_server is not None
                     with control_scope:
                         await control_server.serve(
                             host=control_host, port=control_port, task_status=task_status
@@ -241,6 +243,8 @@ async def open_serve(
                     cleanup.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
                     if server is not None:
                         await server.drain(HTTP_DRAIN_TIMEOUT_S)
+                    if control_server is not None:  # a shutdown request gets its answer
+                        await control_server.drain(HTTP_DRAIN_TIMEOUT_S)
                     http_scope.cancel()
                     control_scope.cancel()
                     await controller.shutdown()

@@ -13,11 +13,15 @@ import trio
 import trio.testing
 
 from trioserve._http.server import (
+    BurstWarning,
     Handler,
     HTTPLimits,
     HTTPReply,
     HTTPServer,
     plain,
+    reason_phrase,
+    request_problem,
+    response_headers,
     serve_http,
 )
 from trioserve._replica.http import Request
@@ -291,7 +295,8 @@ async def test_serve_http_body_error_ends_only_that_response() -> None:
 
 
 async def test_serve_http_cancels_handler_when_client_disconnects() -> None:
-    """A client that goes away mid-request cancels its handler (no work for nobody)."""
+    """A client that goes away mid-request (closes its socket) cancels its handler (no work
+    for nobody): the server's probe after the EOF finds the connection reset."""
     started = trio.Event()
     cancelled = trio.Event()
 
@@ -332,6 +337,7 @@ async def test_serve_http_slow_client_does_not_block_others() -> None:
     assert seen == ["/fast"]
 
 
+@pytest.mark.autojump
 async def test_serve_http_closes_connection_stalled_in_headers() -> None:
     """A client stuck in its headers past ``header_timeout_s`` is disconnected."""
     async with open_server(echo, HTTPLimits(header_timeout_s=0.1)) as port:
@@ -375,11 +381,12 @@ async def test_serve_http_body_sent_too_slowly_gets_408() -> None:
     assert raw.endswith(b"request body timed out")
 
 
+@pytest.mark.autojump
 async def test_serve_http_slow_handler_outlives_header_timeout() -> None:
     """A handler may take longer than ``header_timeout_s``: that limit is for the headers."""
 
     async def handler(request: Request) -> HTTPReply:
-        await trio.sleep(0.5)  # simulated work, longer than the header timeout below
+        await trio.sleep(0.5)  # virtual time: work longer than the header timeout below
         return plain(200, "worth the wait")
 
     async with open_server(handler, HTTPLimits(header_timeout_s=0.1)) as port:
@@ -434,6 +441,7 @@ async def test_http_server_drain_answers_requests_in_flight_and_closes_the_rest(
     # serve() returned by itself once drained: the nursery closed without a cancel
 
 
+@pytest.mark.autojump
 async def test_http_server_drain_gives_up_after_its_timeout() -> None:
     """A request that outlasts the drain timeout does not hold the drain up."""
 
@@ -451,3 +459,72 @@ async def test_http_server_drain_gives_up_after_its_timeout() -> None:
             await server.drain(0.2)
         nursery.cancel_scope.cancel()
     await stream.aclose()
+
+
+def _head(method: str, version: str, headers: list[tuple[str, str]]) -> h11.Request:
+    return h11.Request(method=method, target="/", headers=headers, http_version=version)
+
+
+def test_request_problem_refuses_what_h11_lets_through() -> None:
+    """Heads h11 parses but the server must refuse: non-1.x versions (505), both framings or
+    chunked HTTP/1.0 (400), ``CONNECT`` (501); HTTP/1.2 is served as 1.1."""
+    host = [("host", "t")]
+    assert request_problem(_head("GET", "1.1", host), 1024) is None
+    assert request_problem(_head("GET", "1.2", host), 1024) is None
+    assert request_problem(_head("GET", "9.9", host), 1024) == (505, ANY_TEXT)
+    assert request_problem(_head("PRI", "2.0", []), 1024) == (505, ANY_TEXT)
+    both = [*host, ("content-length", "3"), ("transfer-encoding", "chunked")]
+    assert request_problem(_head("POST", "1.1", both), 1024) == (400, ANY_TEXT)
+    chunked_10 = [("transfer-encoding", "chunked")]
+    assert request_problem(_head("POST", "1.0", chunked_10), 1024) == (400, ANY_TEXT)
+    assert request_problem(_head("CONNECT", "1.1", host), 1024) == (501, ANY_TEXT)
+    big = [*host, ("x-big", "a" * 2000)]
+    assert request_problem(_head("GET", "1.1", big), 1024) == (431, ANY_TEXT)
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+
+def test_reason_phrase_names_known_codes() -> None:
+    """Status lines get the standard phrase; a code without one gets an empty phrase."""
+    assert reason_phrase(200) == b"OK"
+    assert reason_phrase(503) == b"Service Unavailable"
+    assert reason_phrase(599) == b""
+
+
+def test_response_headers_frame_the_body() -> None:
+    """The server frames the body itself (a handler's framing headers are dropped), except a
+    ``HEAD`` answer's own length with an empty body."""
+    reply = HTTPReply(200, [("content-length", "99"), ("x-a", "1")], b"abc")
+    assert response_headers(reply, head=False, close=False) == [
+        ("x-a", "1"),
+        ("content-length", "3"),
+    ]
+    head = HTTPReply(200, [("Content-Length", "99")], b"")
+    assert response_headers(head, head=True, close=True) == [
+        ("Content-Length", "99"),
+        ("connection", "close"),
+    ]
+
+
+def test_burst_warning_is_due_once_per_interval() -> None:
+    """A burst logs one line per interval, the next one counting what was held back."""
+    warning = BurstWarning(interval_s=10)
+    assert warning.due(100.0) == 0
+    assert [warning.due(100.0 + i) for i in range(1, 4)] == [None, None, None]
+    assert warning.due(110.0) == 3
+    assert warning.due(125.0) == 0
+
+
+@pytest.mark.parametrize("field", ["send_timeout_s", "max_connections"])
+def test_http_limits_rejects_non_positive_bounds(field: str) -> None:
+    """``send_timeout_s`` and ``max_connections`` must be positive; the message shows the value."""
+    with pytest.raises(ValueError, match=f"{field} must be > 0, got 0"):
+        HTTPLimits(**{field: 0})
