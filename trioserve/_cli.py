@@ -599,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before serving started (a slow import, say)
+        print("trioserve: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
