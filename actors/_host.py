@@ -169,6 +169,9 @@ class ActorHost:
         self._dispatch: Callable[[str], Callable[..., Any]] | None = dispatch
         #: called as ``observer(method, seconds, ok)`` after every call, if set
         self.observer: Callable[[str, float, bool], None] | None = None
+        #: called with the exception a call raised, before it is sent to the caller (to add
+        #: notes, say); nothing runs on the success path
+        self.on_error: Callable[[BaseException], None] | None = None
         #: methods admitted even at ``max_ongoing`` and not counted (health checks and the
         #: like must reach a busy actor)
         self.control_methods: frozenset[str] = frozenset()
@@ -296,6 +299,8 @@ class ActorHost:
                         ok = True
                         reply.end()
                 except Exception as exc:
+                    if self.on_error is not None:
+                        self.on_error(exc)
                     reply.error(exc)
             if scope.cancelled_caught:
                 if scope.deadline <= trio.current_time():

@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from actors import CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
 
 from ..exceptions import RequestCancelledError, RequestTimeoutError, ServeShutdownError
-
-if TYPE_CHECKING:
-    from .router import Router
 
 T = TypeVar("T")
 
@@ -54,6 +51,12 @@ def check_blocking_allowed(what: str, instead: str) -> None:
         f"{what} blocks its thread and was called from {where}, which it would stall or "
         f"deadlock; {instead}"
     )
+
+
+class _Named(Protocol):
+    """What a response keeps of its router: the deployment's name, for messages."""
+
+    name: str
 
 
 def on_loop(token: trio.lowlevel.TrioToken) -> bool:
@@ -114,7 +117,7 @@ class _Request:
         "multiplexed_model_id",
     )
 
-    def __init__(self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(self, router: _Named, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
         self._router = router
         self._method = method
         self._args = args
@@ -241,7 +244,7 @@ class DeploymentResponse(_Request):
     __slots__ = ("_future",)
 
     def __init__(
-        self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, router: _Named, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         super().__init__(router, method, args, kwargs)
         self._future = CallFuture(
@@ -312,7 +315,7 @@ class DeploymentResponseGenerator(_Request):
     stream = True
 
     def __init__(
-        self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, router: _Named, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         super().__init__(router, method, args, kwargs)
         self._error: BaseException | None = None

@@ -10,12 +10,13 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from traceback import format_exception
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import msgspec
 import trio
 
+from .._handles.context import ServeContext
 from .._handles.handle import DeploymentHandle
 from .._metrics import Counter, Gauge, Histogram, Labels, render
 from .._replica.batching import (
@@ -29,7 +30,15 @@ from .server import HTTPReply, plain
 
 if TYPE_CHECKING:
     from .._control.controller import Controller
-    from .._instance import ServeInstance
+
+
+class ProxyHost(ServeContext, Protocol):
+    """What the proxy needs of the serve instance that hosts it (a routing context and the
+    address it listens on)."""
+
+    http_host: str
+    http_port: int | None
+
 
 METRICS_TIMEOUT_S = 2.0
 #: how long a 5xx answer waits for the error that may follow it in the stream (to log it)
@@ -107,7 +116,7 @@ class HTTPProxy:
 
     def __init__(
         self,
-        instance: ServeInstance,
+        instance: ProxyHost,
         controller: Controller,
         *,
         request_timeout_s: float | None = None,
@@ -219,7 +228,7 @@ class HTTPProxy:
         meta = request_meta(
             request, route_prefix=route_prefix, request_id=request_id, server=server
         )
-        model_id = _header(list(request.headers.items()), MODEL_ID_HEADER)
+        model_id = request.headers.get(MODEL_ID_HEADER)
         if model_id:
             handle = handle.options(multiplexed_model_id=model_id)
         stream = handle.remote(meta, request.body)

@@ -129,18 +129,7 @@ def is_asyncio_misuse(error: BaseException) -> bool:
     )
 
 
-def hint_asyncio(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An ``async def`` ``fn`` whose asyncio-on-Trio errors say what to do."""
-    if not inspect.iscoroutinefunction(fn):
-        return fn
-
-    @functools.wraps(fn)
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except (RuntimeError, TypeError) as exc:
-            if is_asyncio_misuse(exc):
-                exc.add_note(ASYNCIO_HINT)
-            raise
-
-    return call
+def note_asyncio_misuse(error: BaseException) -> None:
+    """For the actor host's error hook: say what to set when asyncio code ran on Trio."""
+    if isinstance(error, RuntimeError | TypeError) and is_asyncio_misuse(error):
+        error.add_note(ASYNCIO_HINT)

@@ -110,9 +110,6 @@ class ModelLRU:
             evicted.append(oldest)
         return evicted
 
-    def remove(self, model_id: str) -> None:
-        self._order.pop(model_id, None)
-
     def ids(self) -> list[str]:
         """Held ids, least recently used first."""
         return list(self._order)
@@ -126,7 +123,6 @@ class MultiplexStats:
     misses: int = 0
     loads: int = 0
     load_seconds: float = 0.0
-    evictions: int = 0
     loaded: int = 0
 
 
@@ -174,8 +170,6 @@ async def _close_model(model: Any) -> None:
     if any("__del__" in vars(klass) for klass in type(model).__mro__ if klass is not object):
         model.__del__()
 
-
-T = TypeVar("T")
 
 #: model caches: per user object and loader (methods), or per loader (plain functions)
 _caches: weakref.WeakKeyDictionary[Any, dict[str, _Cache]] = weakref.WeakKeyDictionary()
@@ -294,7 +288,6 @@ class _Multiplexed:
         if stats is not None:
             stats.loads += 1
             stats.load_seconds += time.perf_counter() - started
-            stats.evictions += len(evicted)
             stats.loaded = len(cache.models)
         if report is not None:
             with trio.move_on_after(2):

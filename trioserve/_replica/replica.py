@@ -24,7 +24,7 @@ from .._handles.messages import MODEL_SEP
 from .._metrics import Histogram
 from .._ship import unship
 from .asgi import ASGI_ATTR, run_asgi
-from .asyncio_loop import AsyncioThread, hint_asyncio
+from .asyncio_loop import AsyncioThread, note_asyncio_misuse
 from .batching import snapshot_batch_metrics
 from .http import (
     STREAM_HEAD,
@@ -145,6 +145,8 @@ class Replica:
     def __actor_attach__(self, host: actors.ActorHost) -> None:
         self._host = host
         host.observer = self._observe
+        if self.asyncio is None:
+            host.on_error = note_asyncio_misuse  # asyncio code run on Trio says what to set
         # health checks, reconfiguration and metrics must reach a replica that is busy
         host.control_methods = frozenset({"check_health", *_INTERNAL} - {"__serve_http__"})
 
@@ -238,7 +240,7 @@ class Replica:
                     f"function deployment {self.info.deployment!r} has no method {name!r}"
                 )
             user: Callable[..., Any] = self.user
-            return self.asyncio.wrap(user) if self.asyncio is not None else hint_asyncio(user)
+            return self.asyncio.wrap(user) if self.asyncio is not None else user
         if name.startswith("_") and name != "__call__":
             raise AttributeError(f"deployment {self.info.deployment!r}: method {name!r} is private")
         fn = getattr(self.user, name, None)
@@ -246,7 +248,7 @@ class Replica:
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
         if self.asyncio is not None:
             return self.asyncio.wrap(fn)
-        return hint_asyncio(fn)
+        return fn  # type: ignore[no-any-return]
 
 
 # -- HTTP responses
