@@ -2,8 +2,9 @@
 
 Actors are objects hosted as OS processes (or, inline, as Trio tasks in this process) and
 called over authenticated websockets carrying msgspec envelopes, supervised the Erlang/OTP
-way. ``actors.testing`` has helpers for tests (an actor, a listener or a connection for the
-length of a block).
+way. ``actors.lowlevel`` has the hooks a framework building on actors needs (hosting an
+object yourself, method kinds, push and duplex streams); ``actors.testing`` has helpers for
+tests (an actor, a listener or a connection for the length of a block).
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 from ._future import CallFuture as CallFuture
 from ._future import StreamReceiver as StreamReceiver
 from ._groups import unwrap_lone_error as unwrap_lone_error
-from ._host import ActorHost as ActorHost
-from ._host import method_kind as method_kind
-from ._host import push_stream as push_stream
 from ._inline import InlineRef as InlineRef
 from ._inline import run_inline_actor as run_inline_actor
 from ._link import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
@@ -23,7 +21,6 @@ from ._process import open_actor_system as open_actor_system
 from ._ref import ActorRef as ActorRef
 from ._ref import RemoteRef as RemoteRef
 from ._serve import instance_token as instance_token
-from ._serve import serve_host as serve_host
 from ._spec import Actor as Actor
 from ._spec import ActorSpec as ActorSpec
 from ._supervisor import ChildSpec as ChildSpec
@@ -54,7 +51,6 @@ __all__ = [
     "Actor",
     "ActorDiedError",
     "ActorError",
-    "ActorHost",
     "ActorRef",
     "ActorSpec",
     "ActorSystem",
@@ -77,13 +73,10 @@ __all__ = [
     "SupervisorGaveUpError",
     "connect",
     "instance_token",
-    "method_kind",
     "open_actor_system",
     "open_connection",
     "open_supervisor",
-    "push_stream",
     "run_inline_actor",
-    "serve_host",
     "serve_links",
     "unwrap_lone_error",
 ]

@@ -163,6 +163,8 @@ class StreamReceiver:
         self._callbacks: list[Callable[[StreamReceiver], None]] = []
         self.label = label
         self.end_error: BaseException | None = None
+        #: a duplex call's request stream, closed when this stream finishes
+        self.sender: StreamSender | None = None
 
     def push(self, item: Any) -> None:
         self._items.append(item)
@@ -176,6 +178,8 @@ class StreamReceiver:
         self.end_error = error
         self._canceller = None
         self._lot.unpark_all()
+        if self.sender is not None:
+            self.sender.close()
         callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb(self)
@@ -238,3 +242,65 @@ class StreamReceiver:
     async def aclose(self) -> None:
         self.cancel()
         await trio.lowlevel.checkpoint()
+
+
+class StreamSender:
+    """The caller's end of a duplex call's request stream: ``await sender.send(item)``
+    waits for the actor's credit (so a caller never sends more than the actor is ready
+    for), then sends; ``sender.end()`` ends the stream.
+
+    Once the call has ended (its outcome arrived, it was cancelled, or the connection was
+    lost), ``send`` raises ``trio.BrokenResourceError``: nobody reads the stream any more.
+    """
+
+    __slots__ = ("_closed", "_ended", "_lot", "_send", "_send_end", "label")
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[Any], bool],
+        end: Callable[[], None],
+        label: str = "",
+    ) -> None:
+        #: sends one item if the actor's credit allows, and says whether it did (the
+        #: credit is counted there); ``grant`` wakes a sender waiting for more
+        self._send = send
+        self._send_end = end
+        self._closed = False
+        self._ended = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self.label = label
+
+    def grant(self) -> None:
+        """The actor granted more credit: a waiting ``send`` tries again."""
+        self._lot.unpark_all()
+
+    def close(self) -> None:
+        """The call ended: senders waiting for credit, and later ones, get
+        ``BrokenResourceError``."""
+        self._closed = True
+        self._lot.unpark_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, item: Any) -> None:
+        if self._ended:
+            raise trio.ClosedResourceError(f"the request stream of {self.label} was ended")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._closed:
+                raise trio.BrokenResourceError(f"{self.label} has ended; nothing reads its stream")
+            if self._send(item):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            await self._lot.park()
+
+    def end(self) -> None:
+        """End the request stream (idempotent; a no-op once the call ended)."""
+        if self._ended:
+            return
+        self._ended = True
+        if not self._closed:
+            self._send_end()

@@ -9,16 +9,16 @@ run on worker threads so they never block it; generator methods stream.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from . import _codec, _wire
-from ._future import CallFuture, StreamReceiver
+from ._future import CallFuture, StreamReceiver, StreamSender
 from ._link import Link
+from ._methods import Kind, method_kind
 from .exceptions import (
     ActorDiedError,
     CallCancelledError,
@@ -27,31 +27,12 @@ from .exceptions import (
 )
 
 
-def push_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark an ``async def fn(emit, *args, **kwargs)`` as a push-style stream: it sends
-    items with ``await emit(item)`` (which waits for the caller's credit) instead of
-    yielding them. Callers see an ordinary stream."""
-    fn.__actor_push_stream__ = True  # type: ignore[attr-defined]
-    return fn
+class Credit:
+    """Reply-stream backpressure: how many more items the caller is ready for. Counted
+    here for local calls; a remote call's credit is counted by its connection's protocol
+    books (``_session.BookedCredit``)."""
 
-
-def method_kind(fn: Callable[..., Any]) -> str:
-    if getattr(fn, "__actor_push_stream__", False):
-        return "push"
-    target = inspect.unwrap(fn)
-    if inspect.isasyncgenfunction(target):
-        return "asyncgen"
-    if inspect.isgeneratorfunction(target):
-        return "syncgen"
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)  # noqa: B004
-    ):
-        return "async"
-    return "sync"
-
-
-class _Credit:
-    """Stream backpressure: how many more items the caller is ready for."""
+    __slots__ = ("_lot", "available")
 
     def __init__(self, window: int) -> None:
         self.available = window
@@ -61,13 +42,21 @@ class _Credit:
         self.available += n
         self._lot.unpark_all()
 
-    async def take(self) -> None:
-        while self.available <= 0:
-            await self._lot.park()
+    def wake(self) -> None:
+        self._lot.unpark_all()
+
+    def try_take(self) -> bool:
+        if self.available <= 0:
+            return False
         self.available -= 1
+        return True
+
+    async def take(self) -> None:
+        while not self.try_take():
+            await self._lot.park()
 
 
-class _Running:
+class Running:
     """A started call: its cancel scope, and whether it still counts as ongoing."""
 
     __slots__ = ("released", "scope")
@@ -77,7 +66,7 @@ class _Running:
         self.released = False
 
 
-class _Reply:
+class Reply:
     """Where a call's outcome goes: an envelope on a link, or a local future."""
 
     def result(self, value: Any) -> None:
@@ -93,27 +82,7 @@ class _Reply:
         raise NotImplementedError
 
 
-class _WireReply(_Reply):
-    __slots__ = ("call_id", "link")
-
-    def __init__(self, link: Link, call_id: int) -> None:
-        self.link = link
-        self.call_id = call_id
-
-    def result(self, value: Any) -> None:
-        self.link.send_nowait(_wire.Result(self.call_id, _wire.Raw(_codec.encode_value(value))))
-
-    def error(self, exc: BaseException) -> None:
-        self.link.send_nowait(_wire.Failure(self.call_id, _wire.Raw(_codec.encode_error(exc))))
-
-    def item(self, value: Any) -> None:
-        self.link.send_nowait(_wire.StreamItem(self.call_id, _wire.Raw(_codec.encode_value(value))))
-
-    def end(self) -> None:
-        self.link.send_nowait(_wire.StreamEnd(self.call_id))
-
-
-class _LocalReply(_Reply):
+class LocalReply(Reply):
     __slots__ = ("target",)
 
     def __init__(self, target: CallFuture | StreamReceiver) -> None:
@@ -159,7 +128,7 @@ class ActorHost:
         self.name = name
         self.max_ongoing = max_ongoing if max_ongoing is not None else math.inf
         self._nursery = nursery
-        self._methods: dict[str, tuple[Callable[..., Any], str]] = {}
+        self._methods: dict[str, tuple[Callable[..., Any], Kind]] = {}
         self.ongoing = 0
         self.accepting = True
         #: the links of remote callers currently connected (for flushing on stop)
@@ -181,7 +150,7 @@ class ActorHost:
 
     # -- method lookup
 
-    def resolve(self, name: str) -> tuple[Callable[..., Any], str]:
+    def resolve(self, name: str) -> tuple[Callable[..., Any], Kind]:
         cached = self._methods.get(name)
         if cached is not None:
             return cached
@@ -218,7 +187,7 @@ class ActorHost:
         if self.ongoing == 0:
             self._idle.unpark_all()
 
-    def cancel(self, running: _Running) -> None:
+    def cancel(self, running: Running) -> None:
         """Cancel a call and stop counting it at once: a call the caller sends right after
         cancelling is admitted even though the cancelled task has not unwound yet."""
         running.scope.cancel()
@@ -242,37 +211,40 @@ class ActorHost:
 
     def start(
         self,
-        reply: _Reply,
+        reply: Reply,
         method: str,
         payload: bytes | _wire.Raw | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
         timeout: float | None,
-        credit: _Credit | None,
+        credit: Credit | None,
+        inbox: StreamReceiver | None = None,
         gate: trio.Event | None = None,
-    ) -> _Running:
-        """Start one admitted call; returns its handle for :meth:`cancel`. With a ``gate``,
-        the call's work begins only once the gate is set."""
-        running = _Running()
+    ) -> Running:
+        """Start one admitted call; returns its handle for :meth:`cancel`. A streaming call
+        has ``credit`` (a duplex one also its caller's ``inbox``). With a ``gate``, the
+        call's work begins only once the gate is set."""
+        running = Running()
         if method in self.control_methods:
             running.released = True  # never counted
         if timeout is not None:
             running.scope.deadline = trio.current_time() + max(timeout, 0.0)
         self._nursery.start_soon(
-            self._run, running, reply, method, payload, args, kwargs, credit, gate
+            self._run, running, reply, method, payload, args, kwargs, credit, inbox, gate
         )
         return running
 
     async def _run(
         self,
-        running: _Running,
-        reply: _Reply,
+        running: Running,
+        reply: Reply,
         method: str,
         payload: bytes | _wire.Raw | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        credit: _Credit | None,
+        credit: Credit | None,
+        inbox: StreamReceiver | None,
         gate: trio.Event | None,
     ) -> None:
         observer = self.observer
@@ -295,7 +267,7 @@ class ActorHost:
                         ok = True
                         reply.result(value)
                     else:
-                        await self._stream(reply, fn, kind, args, kwargs, credit)
+                        await drive_stream(reply, fn, kind, args, kwargs, credit, inbox)
                         ok = True
                         reply.end()
                 except Exception as exc:
@@ -317,12 +289,14 @@ class ActorHost:
             if not running.released:
                 running.released = True
                 self._release()
+            if inbox is not None:
+                inbox.finish()  # nothing reads it any more: its sender stops
             if observer is not None:
                 observer(method, trio.current_time() - started, ok)
 
     @staticmethod
     async def _invoke(
-        fn: Callable[..., Any], kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        fn: Callable[..., Any], kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if kind == "async":
             return await fn(*args, **kwargs)
@@ -331,50 +305,6 @@ class ActorHost:
                 lambda: fn(*args, **kwargs), abandon_on_cancel=True
             )
         raise TypeError(f"{fn.__name__} is a generator; call it as a stream")
-
-    @staticmethod
-    async def _stream(
-        reply: _Reply,
-        fn: Callable[..., Any],
-        kind: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        credit: _Credit,
-    ) -> None:
-        if kind == "push":
-
-            async def emit(item: Any) -> None:
-                await credit.take()
-                reply.item(item)
-
-            await fn(emit, *args, **kwargs)
-        elif kind == "asyncgen":
-            agen = fn(*args, **kwargs)
-            try:
-                async for item in agen:
-                    await credit.take()
-                    reply.item(item)
-            finally:
-                with trio.CancelScope(shield=True):  # why: finalise the user's generator
-                    with trio.move_on_after(5):
-                        await agen.aclose()
-        elif kind == "syncgen":
-            gen = fn(*args, **kwargs)
-            done = object()
-            try:
-                while True:
-                    item = await trio.to_thread.run_sync(next, gen, done, abandon_on_cancel=True)
-                    if item is done:
-                        break
-                    await credit.take()
-                    reply.item(item)
-            finally:
-                # a cancelled next() may still be running on its (abandoned) thread, and a
-                # generator cannot be closed while it runs: then it is left to finish
-                with contextlib.suppress(ValueError):
-                    gen.close()
-        else:
-            raise TypeError(f"{getattr(fn, '__name__', fn)} is not a generator; call it plainly")
 
     # -- local (inline) calls
 
@@ -392,7 +322,7 @@ class ActorHost:
             fut.set_error(RejectedError(refused, actor=self.name))
             return fut
         running = self.start(
-            _LocalReply(fut), method, None, args, kwargs, timeout=timeout, credit=None
+            LocalReply(fut), method, None, args, kwargs, timeout=timeout, credit=None
         )
         fut._canceller = lambda: self.cancel(running)
         return fut
@@ -406,149 +336,140 @@ class ActorHost:
         timeout: float | None = None,
         window: int = 16,
     ) -> StreamReceiver:
-        credit = _Credit(window)
-        scope_holder: list[_Running] = []
+        return self._submit_local_streaming(method, args, kwargs, timeout, window, False)[0]
+
+    def submit_local_duplex(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        window: int = 16,
+    ) -> tuple[StreamReceiver, StreamSender]:
+        """A duplex call run here: its reply stream and its request stream's sender (items
+        pass by reference, ``window`` at most ahead of the method's reading)."""
+        receiver, sender = self._submit_local_streaming(method, args, kwargs, timeout, window, True)
+        assert sender is not None
+        return receiver, sender
+
+    def _submit_local_streaming(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        window: int,
+        duplex: bool,
+    ) -> tuple[StreamReceiver, StreamSender | None]:
+        credit = Credit(window)
+        scope_holder: list[Running] = []
+        label = f"{self.name}.{method}"
         receiver = StreamReceiver(
             window=window,
             ack=credit.add,
             canceller=lambda: self.cancel(scope_holder[0]),
-            label=f"{self.name}.{method}",
+            label=label,
         )
+        sender = inbox = None
+        if duplex:
+            inbox, sender = local_pipe(window, label)
+            receiver.sender = sender
         refused = self.try_admit(method)
         if refused is not None:
             receiver.finish(RejectedError(refused, actor=self.name))
-            return receiver
+            return receiver, sender
         scope_holder.append(
             self.start(
-                _LocalReply(receiver), method, None, args, kwargs, timeout=timeout, credit=credit
+                LocalReply(receiver),
+                method,
+                None,
+                args,
+                kwargs,
+                timeout=timeout,
+                credit=credit,
+                inbox=inbox,
             )
         )
-        return receiver
-
-    # -- remote calls over a link
-
-    def session(self, link: Link) -> HostSession:
-        return HostSession(self, link)
+        return receiver, sender
 
 
-class HostSession:
-    """The host's side of one caller's connection: its calls by id, for ``Cancel``."""
+def local_pipe(window: int, label: str) -> tuple[StreamReceiver, StreamSender]:
+    """A request stream within this process: what the sender sends, the inbox yields, at
+    most ``window`` items ahead of the reading."""
+    room = [window]
 
-    def __init__(self, host: ActorHost, link: Link) -> None:
-        self.host = host
-        self.link = link
-        self.scopes: dict[int, _Running] = {}
-        #: every call still running for this caller (ids may be reused by a bad caller)
-        self.running: set[_Running] = set()
-        self.credits: dict[int, _Credit] = {}
-        #: the highest call id read, and the highest the caller has been told about
-        self._read_upto = 0
-        self._acked_upto = 0
-        #: calls read since the last acknowledgement wait on this before they start
-        self._gate: trio.Event | None = None
+    def send(item: Any) -> bool:
+        if room[0] <= 0:
+            return False
+        room[0] -= 1
+        inbox.push(item)
+        return True
 
-    def after_batch(self) -> Awaitable[None] | None:
-        """After each incoming message: acknowledge the calls it held (see ``Received``)."""
-        if self._read_upto <= self._acked_upto and self._gate is None:
-            return None
-        return self._acknowledge()
+    def ack(n: int) -> None:
+        room[0] += n
+        sender.grant()
 
-    async def _acknowledge(self) -> None:
-        upto, gate, self._gate = self._read_upto, self._gate, None
-        if upto > self._acked_upto:
-            try:
-                await self.link.send_now(_wire.Received(upto))
-            except BaseException:  # why: calls the caller never heard of must not run; re-raised
-                self.close()  # cancels every call of this caller, the waiting ones too
-                raise
-            self._acked_upto = upto
-        if gate is not None:
-            gate.set()
-
-    def on_envelope(self, env: _wire.Envelope) -> None:
-        t = type(env)
-        if t is _wire.Call:
-            self._on_call(env)  # type: ignore[arg-type]
-        elif t is _wire.Cancel:
-            scope = self.scopes.get(env.id)  # type: ignore[union-attr]
-            if scope is not None:
-                self.host.cancel(scope)
-        elif t is _wire.StreamAck:
-            credit = self.credits.get(env.id)  # type: ignore[union-attr]
-            if credit is not None:
-                credit.add(env.n)  # type: ignore[union-attr]
-
-    def _on_call(self, call: _wire.Call) -> None:
-        timeout = call.timeout
-        if timeout is not None and math.isnan(timeout):
-            self.link.close(
-                f"call {call.id} has a timeout that is not a number", protocol_error=True
-            )
-            return
-        if call.id > self._read_upto:
-            self._read_upto = call.id
-        refused = self.host.try_admit(call.method)
-        if refused is not None:
-            self.link.send_nowait(_wire.Rejected(call.id, refused))
-            return
-        credit = _Credit(16) if call.stream else None
-        if credit is not None:
-            self.credits[call.id] = credit
-        reply = _SessionReply(self, call.id)
-        if self._gate is None:
-            self._gate = trio.Event()
-        running = self.host.start(
-            reply,
-            call.method,
-            call.payload,
-            (),
-            {},
-            timeout=call.timeout,
-            credit=credit,
-            gate=self._gate,
-        )
-        reply.running = running
-        self.scopes[call.id] = running
-        self.running.add(running)
-
-    def close(self) -> None:
-        """The caller is gone: cancel everything it asked for."""
-        for running in self.running:
-            running.scope.cancel()
-        self.running.clear()
-        self.scopes.clear()
-        self.credits.clear()
+    inbox = StreamReceiver(window=window, ack=ack, canceller=lambda: None, label=label)
+    sender = StreamSender(send=send, end=inbox.finish, label=label)
+    return inbox, sender
 
 
-class _SessionReply(_WireReply):
-    __slots__ = ("running", "session")
+def _empty_inbox() -> StreamReceiver:
+    inbox = StreamReceiver(window=1, ack=lambda n: None, canceller=lambda: None)
+    inbox.finish()
+    return inbox
 
-    def __init__(self, session: HostSession, call_id: int) -> None:
-        super().__init__(session.link, call_id)
-        self.session = session
-        self.running: _Running | None = None
 
-    def _done(self) -> None:
-        session = self.session
-        if session.scopes.get(self.call_id) is self.running:
-            del session.scopes[self.call_id]
-            session.credits.pop(self.call_id, None)
-        session.running.discard(self.running)
+async def drive_stream(
+    reply: Reply,
+    fn: Callable[..., Any],
+    kind: Kind,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    credit: Credit,
+    inbox: StreamReceiver | None = None,
+) -> None:
+    """Run a streaming method, sending each item it produces once the caller has credit
+    for it. An async generator is closed when this ends however it ends (bounded, shielded:
+    its ``finally`` runs). A sync generator's ``next()`` runs on a worker thread with
+    ``abandon_on_cancel=True``: user code cannot be interrupted mid-``next``, so a cancelled
+    stream abandons that thread (it finishes its step on its own) rather than leave the
+    caller waiting for a step that may never end."""
+    if kind in ("push", "duplex"):
 
-    def result(self, value: Any) -> None:
-        self._done()
+        async def emit(item: Any) -> None:
+            await credit.take()
+            reply.item(item)
+
+        if kind == "duplex":
+            await fn(emit, inbox if inbox is not None else _empty_inbox(), *args, **kwargs)
+        else:
+            await fn(emit, *args, **kwargs)
+    elif kind == "asyncgen":
+        agen = fn(*args, **kwargs)
         try:
-            super().result(value)
-        except Exception as exc:  # why: an unencodable or oversized result fails its call only
-            super().error(exc)
-
-    def error(self, exc: BaseException) -> None:
-        self._done()
-        super().error(exc)
-
-    def end(self) -> None:
-        self._done()
-        super().end()
-
-    def item(self, value: Any) -> None:
-        super().item(value)
+            async for item in agen:
+                await credit.take()
+                reply.item(item)
+        finally:
+            with trio.CancelScope(shield=True):  # why: finalise the user's generator
+                with trio.move_on_after(5):
+                    await agen.aclose()
+    elif kind == "syncgen":
+        gen = fn(*args, **kwargs)
+        done = object()
+        try:
+            while True:
+                item = await trio.to_thread.run_sync(next, gen, done, abandon_on_cancel=True)
+                if item is done:
+                    break
+                await credit.take()
+                reply.item(item)
+        finally:
+            # a cancelled next() may still be running on its (abandoned) thread, and a
+            # generator cannot be closed while it runs: then it is left to finish
+            with contextlib.suppress(ValueError):
+                gen.close()
+    else:
+        raise TypeError(f"{getattr(fn, '__name__', fn)} is not a generator; call it plainly")

@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from ._future import CallFuture, StreamReceiver
+from ._future import CallFuture, StreamReceiver, StreamSender
 from ._host import ActorHost
 from ._spec import Actor, ActorSpec
 
@@ -46,6 +46,16 @@ class InlineRef:
         timeout: float | None = None,
     ) -> StreamReceiver:
         return self._host.submit_local_stream(method, args, kwargs or {}, timeout=timeout)
+
+    def submit_duplex(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[StreamReceiver, StreamSender]:
+        return self._host.submit_local_duplex(method, args, kwargs or {}, timeout=timeout)
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.submit(method, args, kwargs).wait()

@@ -7,13 +7,12 @@ returns a :class:`CallFuture`; ``submit_stream`` returns a :class:`StreamReceive
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Protocol
 
 import trio
 
-from . import _codec, _wire
-from ._future import CallFuture, StreamReceiver
+from . import _codec, _protocol, _wire
+from ._future import CallFuture, StreamReceiver, StreamSender
 from ._link import Link
 from .exceptions import (
     ActorDiedError,
@@ -22,7 +21,7 @@ from .exceptions import (
     RejectedError,
 )
 
-STREAM_WINDOW = 16
+STREAM_WINDOW = _protocol.STREAM_WINDOW
 #: how long ``RemoteRef.aclose()`` waits for the socket to be closed (the link's close
 #: handshake is bounded by 1 s, the websocket's by 2 s)
 CLOSE_TIMEOUT_S = 5.0
@@ -54,6 +53,15 @@ class ActorRef(Protocol):
         timeout: float | None = None,
     ) -> StreamReceiver: ...
 
+    def submit_duplex(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[StreamReceiver, StreamSender]: ...
+
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
@@ -63,18 +71,20 @@ class RemoteRef:
     Created by :func:`actors.connect` (which owns the connection's tasks). When the
     connection is lost, every pending call fails with :class:`ActorDiedError` at once.
     ``await ref.aclose()`` closes the connection (its socket too) when it is no longer
-    needed, e.g. when the actor has left.
+    needed, e.g. when the actor has left. The connection's books (ids, what is pending,
+    acknowledgements, stream credit) are a :class:`~actors._protocol.CallerProtocol`.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._ids = itertools.count(1)
-        self._pending: dict[int, CallFuture] = {}
-        self._streams: dict[int, StreamReceiver] = {}
+        self.protocol = _protocol.CallerProtocol()
         self.link: Link | None = None
-        #: every call with an id up to this one has been read by the actor
-        self.received_upto = 0
         self._detached = trio.Event()
+
+    @property
+    def received_upto(self) -> int:
+        """Every call with an id up to this one has been read by the actor."""
+        return self.protocol.received_upto
 
     def attach(self, link: Link) -> None:
         self.link = link
@@ -101,19 +111,28 @@ class RemoteRef:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._streams)
+        return self.protocol.in_flight
 
     def _send_call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, **opts: Any
+        self,
+        owner: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        **opts: Any,
     ) -> int:
         link = self.link
         if link is None or link.closed:
             reason = link.close_reason if link is not None else "not connected"
             raise ActorDiedError(f"actor {self.name} is unreachable: {reason}", actor=self.name)
-        call_id = next(self._ids)
         payload = _codec.encode_args(args, kwargs or {})
-        link.send_nowait(_wire.Call(call_id, method, _wire.Raw(payload), **opts))
-        return call_id
+        call = self.protocol.start(method, payload, owner, **opts)
+        try:
+            link.send_nowait(call)
+        except BaseException:  # why: a call that cannot be sent is forgotten; re-raised
+            self.protocol.forget(call.id)
+            raise
+        return call.id
 
     def submit(
         self,
@@ -125,12 +144,11 @@ class RemoteRef:
     ) -> CallFuture:
         fut = CallFuture(label=f"{self.name}.{method}")
         try:
-            call_id = self._send_call(method, args, kwargs, timeout=timeout)
+            call_id = self._send_call(fut, method, args, kwargs, timeout=timeout)
         except Exception as exc:  # why: encoding and size errors fail this call only
             fut.set_error(exc)
             return fut
         fut._canceller = lambda: self._cancel(call_id)
-        self._pending[call_id] = fut
         return fut
 
     def submit_stream(
@@ -141,88 +159,139 @@ class RemoteRef:
         *,
         timeout: float | None = None,
     ) -> StreamReceiver:
+        return self._submit_streaming(method, args, kwargs, timeout=timeout, duplex=False)[0]
+
+    def submit_duplex(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[StreamReceiver, StreamSender]:
+        """Start a duplex call of a :func:`~actors.lowlevel.duplex_stream` method: its
+        reply stream, and the sender of its request stream."""
+        receiver, sender = self._submit_streaming(
+            method, args, kwargs, timeout=timeout, duplex=True
+        )
+        assert sender is not None
+        return receiver, sender
+
+    def _submit_streaming(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        *,
+        timeout: float | None,
+        duplex: bool,
+    ) -> tuple[StreamReceiver, StreamSender | None]:
         holder: list[int] = []
+        label = f"{self.name}.{method}"
         receiver = StreamReceiver(
-            window=STREAM_WINDOW,
+            window=_protocol.STREAM_WINDOW,
             ack=lambda n: self._ack(holder[0], n),
             canceller=lambda: self._cancel(holder[0]),
-            label=f"{self.name}.{method}",
+            label=label,
         )
+        sender = None
+        if duplex:
+            sender = StreamSender(
+                send=lambda item: self._send_item(holder[0], item),
+                end=lambda: self._end_upload(holder[0]),
+                label=label,
+            )
+            receiver.sender = sender
         try:
-            holder.append(self._send_call(method, args, kwargs, timeout=timeout, stream=True))
+            holder.append(
+                self._send_call(
+                    receiver,
+                    method,
+                    args,
+                    kwargs,
+                    timeout=timeout,
+                    stream=True,
+                    duplex=duplex,
+                )
+            )
         except Exception as exc:  # why: encoding and size errors fail this call only
             receiver.finish(exc)
-            return receiver
-        self._streams[holder[0]] = receiver
-        return receiver
+        return receiver, sender
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.submit(method, args, kwargs).wait()
 
+    def _send(self, envelope: _wire.Envelope | None) -> None:
+        if envelope is not None and self.link is not None and not self.link.closed:
+            self.link.send_nowait(envelope)
+
     def _cancel(self, call_id: int) -> None:
-        self._pending.pop(call_id, None)
-        self._streams.pop(call_id, None)
-        if self.link is not None and not self.link.closed:
-            self.link.send_nowait(_wire.Cancel(call_id))
+        self._send(self.protocol.cancel(call_id))
 
     def _ack(self, call_id: int, n: int) -> None:
-        if self.link is not None and not self.link.closed and call_id in self._streams:
-            self.link.send_nowait(_wire.StreamAck(call_id, n))
+        self._send(self.protocol.ack(call_id, n))
+
+    def _send_item(self, call_id: int, item: Any) -> bool:
+        """Send one request-stream item if the actor's credit allows; encoding and size
+        errors raise here, in the sender's task."""
+        if self.protocol.credit(call_id) <= 0:
+            return False
+        payload = _codec.encode_value(item)
+        envelope = self.protocol.send_item(call_id, payload)
+        assert envelope is not None
+        link = self.link
+        if link is not None and not link.closed:
+            link.send_nowait(envelope)
+        return True
+
+    def _end_upload(self, call_id: int) -> None:
+        self._send(self.protocol.end_upload(call_id))
 
     # -- called by the link's reader
 
     def on_envelope(self, env: _wire.Envelope) -> None:
-        if type(env) is _wire.Result:
-            fut = self._pending.pop(env.id, None)
-            if fut is not None:
+        event = self.protocol.receive(env)
+        if event is None:
+            return  # acknowledgements, heartbeats, envelopes that crossed a cancel
+        _kind, owner = event
+        match env:
+            case _wire.Result(value=value):
                 try:
-                    value = _codec.decode_value(env.value)
+                    decoded = _codec.decode_value(value)
                 except Exception as exc:  # why: a bad payload fails its call, not the link
-                    fut.set_error(exc)
+                    owner.set_error(exc)
                 else:
-                    fut.set_result(value)
-        elif type(env) is _wire.StreamItem:
-            receiver = self._streams.get(env.id)
-            if receiver is not None:
+                    owner.set_result(decoded)
+            case _wire.StreamItem(id=call_id, value=value):
                 try:
-                    receiver.push(_codec.decode_value(env.value))
+                    owner.push(_codec.decode_value(value))
                 except Exception as exc:  # why: a bad item ends its stream, not the link
-                    self._streams.pop(env.id, None)
-                    receiver.finish(exc)
-                    self._cancel(env.id)
-        elif type(env) is _wire.StreamEnd:
-            receiver = self._streams.pop(env.id, None)
-            if receiver is not None:
-                receiver.finish()
-        elif type(env) is _wire.Failure:
-            self._fail(env.id, _codec.decode_error(env.error))
-        elif type(env) is _wire.Rejected:
-            self._fail(env.id, RejectedError(env.reason, actor=self.name))
-        elif type(env) is _wire.Received:
-            self.received_upto = max(self.received_upto, env.upto)
-        # heartbeats and anything else a caller does not expect are ignored
+                    self._cancel(call_id)
+                    owner.finish(exc)
+            case _wire.StreamEnd():
+                owner.finish()
+            case _wire.Failure(error=error):
+                self._fail(owner, _codec.decode_error(error))
+            case _wire.Rejected(reason=reason):
+                self._fail(owner, RejectedError(reason, actor=self.name))
+            case _wire.StreamAck() if owner.sender is not None:
+                owner.sender.grant()
 
-    def _fail(self, call_id: int, error: BaseException) -> None:
-        fut = self._pending.pop(call_id, None)
-        if fut is not None:
-            fut.set_error(error)
-            return
-        receiver = self._streams.pop(call_id, None)
-        if receiver is not None:
-            receiver.finish(error)
+    @staticmethod
+    def _fail(owner: CallFuture | StreamReceiver, error: BaseException) -> None:
+        if isinstance(owner, CallFuture):
+            owner.set_error(error)
+        else:
+            owner.finish(error)
 
     def on_close(self, reason: str) -> None:
         """The connection is gone: calls the actor had read fail with ``ActorDiedError``,
         the others (they never started) with ``CallNotDeliveredError``."""
-        pending, self._pending = self._pending, {}
-        streams, self._streams = self._streams, {}
-        for call_id, fut in pending.items():
-            fut.set_error(self._lost(call_id, reason))
-        for call_id, receiver in streams.items():
-            receiver.finish(self._lost(call_id, reason))
+        for _call_id, owner, delivered in self.protocol.lose():
+            self._fail(owner, self._lost(delivered, reason))
 
-    def _lost(self, call_id: int, reason: str) -> ActorDiedError:
-        if call_id > self.received_upto:
+    def _lost(self, delivered: bool, reason: str) -> ActorDiedError:
+        if not delivered:
             return CallNotDeliveredError(
                 f"actor {self.name} died before reading the call: {reason}", actor=self.name
             )

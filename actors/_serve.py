@@ -11,6 +11,7 @@ from trio_websocket import WebSocketConnection
 
 from ._host import ActorHost
 from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
+from ._session import HostSession
 from ._transport import HANDSHAKE_TIMEOUT_S, MAX_CONNECTIONS, serve_links
 
 ENV_TOKEN = "ACTORS_TOKEN"
@@ -44,7 +45,7 @@ async def serve_host(
             after_batch=lambda: holder[0].after_batch(),
             max_message_size=max_message_size,
         )
-        session = host.session(link)
+        session = HostSession(host, link)
         holder.append(session)
         host.links.add(link)
         try:

@@ -19,13 +19,16 @@ class _Envelope(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
 
 
 class Call(_Envelope, tag=1, frozen=True):
-    """Run ``method`` with the encoded ``[args, kwargs]`` in ``payload``."""
+    """Run ``method`` with the encoded ``[args, kwargs]`` in ``payload``. A ``stream`` call
+    answers with a reply stream; a ``duplex`` one also takes a request stream from the
+    caller (see ``actors._protocol``)."""
 
     id: int
     method: str
     payload: Raw
     timeout: float | None = None
     stream: bool = False
+    duplex: bool = False
 
 
 class Result(_Envelope, tag=2, frozen=True):
@@ -52,16 +55,23 @@ class Cancel(_Envelope, tag=5, frozen=True):
 
 
 class StreamItem(_Envelope, tag=6, frozen=True):
+    """One item of a call's stream: the reply stream from the host, or (duplex calls)
+    the request stream from the caller."""
+
     id: int
     value: Raw
 
 
 class StreamEnd(_Envelope, tag=7, frozen=True):
+    """The stream flowing the way this travels has ended."""
+
     id: int
 
 
 class StreamAck(_Envelope, tag=8, frozen=True):
-    """The caller consumed ``n`` more items; the actor may send ``n`` more."""
+    """The sender of this consumed ``n`` more items of the stream flowing towards it (or,
+    from a host admitting a duplex call, grants the first ones): the peer may send ``n``
+    more."""
 
     id: int
     n: int

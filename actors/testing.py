@@ -19,13 +19,16 @@ import trio
 
 from ._host import ActorHost
 from ._inline import run_inline_actor
+from ._link import Link
+from ._memory import memory_websocket_pair
 from ._process import open_actor_system
 from ._ref import RemoteRef
 from ._serve import serve_host
+from ._session import HostSession
 from ._spec import Actor, ActorSpec
 from ._transport import connect
 
-__all__ = ["connected", "running_actor", "serving"]
+__all__ = ["connected", "in_memory", "running_actor", "serving"]
 
 
 @asynccontextmanager
@@ -46,7 +49,7 @@ async def running_actor(spec: ActorSpec) -> AsyncIterator[Actor]:
 @asynccontextmanager
 async def serving(obj: object, *, token: str | bytes, **options: Any) -> AsyncIterator[str]:
     """Serve ``obj`` from this process at an authenticated listener for the block; yields its
-    address (``ws://127.0.0.1:PORT``). ``options`` go to :func:`actors.serve_host`
+    address (``ws://127.0.0.1:PORT``). ``options`` go to :func:`actors.lowlevel.serve_host`
     (``max_message_size``, ``bind``, ``port``)."""
     async with trio.open_nursery() as nursery:
         host = ActorHost(obj, nursery)
@@ -73,3 +76,43 @@ async def connected(
         finally:
             if ref.link is not None:
                 ref.link.close("the block ended")
+
+
+@asynccontextmanager
+async def in_memory(obj: object, **host_options: Any) -> AsyncIterator[RemoteRef]:
+    """Host ``obj`` in this process and yield a :class:`RemoteRef` to it over an in-memory
+    link pair: the whole protocol (envelopes, acknowledgements, credit, cancellation) runs,
+    without sockets or authentication. ``host_options`` go to :class:`ActorHost`.
+
+    Tasks: both links' tasks and the calls, in a nursery of this block; leaving the block
+    closes the connection and cancels the calls still running."""
+    caller_ws, host_ws = memory_websocket_pair()
+    ref = RemoteRef(type(obj).__name__)
+    async with trio.open_nursery() as nursery:
+        host = ActorHost(obj, nursery, **host_options)
+        holder: list[HostSession] = []
+        host_link = Link(
+            host_ws,  # type: ignore[arg-type]  # why: it has the methods a Link uses
+            lambda env: holder[0].on_envelope(env),
+            after_batch=lambda: holder[0].after_batch(),
+        )
+        holder.append(HostSession(host, host_link))
+        caller_link = Link(
+            caller_ws,  # type: ignore[arg-type]  # why: it has the methods a Link uses
+            ref.on_envelope,
+            on_close=ref.on_close,
+        )
+        ref.attach(caller_link)
+
+        async def run_host() -> None:
+            try:
+                await host_link.run()
+            finally:
+                holder[0].close()
+
+        nursery.start_soon(run_host)
+        nursery.start_soon(caller_link.run)
+        try:
+            yield ref
+        finally:
+            nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actors
+import actors.lowlevel
 
 Placement = Literal["process", "inline"]
 
@@ -150,7 +151,7 @@ class Worker:
             self.produced[key] = i + 1
             yield 2 * i
 
-    @actors.push_stream
+    @actors.lowlevel.push_stream
     async def count_push(self, emit: Callable[[int], Any], key: str, n: int) -> None:
         for i in range(n):
             self.produced[key] = i + 1
@@ -193,13 +194,13 @@ class Stubborn:
     """An actor that ignores SIGTERM and can freeze its own Trio loop (a badly behaved
     actor): only SIGKILL stops it then."""
 
-    def __actor_attach__(self, host: actors.ActorHost) -> None:
+    def __actor_attach__(self, host: actors.lowlevel.ActorHost) -> None:
         self._host = host
 
     async def __actor_start__(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    @actors.push_stream
+    @actors.lowlevel.push_stream
     async def freeze(self, emit: Callable[[str], Any]) -> None:
         """Send one item, make sure it left, then block the loop (no Stop is ever read)."""
         await emit("frozen")

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 import actors
+import actors.lowlevel
 from actors import _codec, _wire
 from actors._future import CallFuture
 from actors._ref import RemoteRef
@@ -362,11 +363,13 @@ class Small:
 
 
 @asynccontextmanager
-async def _listener() -> AsyncIterator[tuple[str, actors.ActorHost]]:
+async def _listener() -> AsyncIterator[tuple[str, actors.lowlevel.ActorHost]]:
     """A :class:`Small` served in this process for the block: (address, host)."""
     async with trio.open_nursery() as nursery:
-        host = actors.ActorHost(Small(), nursery, name="small")
-        bound, port = await nursery.start(functools.partial(actors.serve_host, host, token=TOKEN))
+        host = actors.lowlevel.ActorHost(Small(), nursery, name="small")
+        bound, port = await nursery.start(
+            functools.partial(actors.lowlevel.serve_host, host, token=TOKEN)
+        )
         yield f"ws://{bound}:{port}", host
         nursery.cancel_scope.cancel()
 

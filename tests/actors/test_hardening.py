@@ -24,7 +24,6 @@ import pytest
 import trio
 
 import actors
-from actors import _wire
 from actors._future import CallFuture
 from actors._process import ENV_TOKEN
 from actors._transport import open_raw_link
@@ -82,10 +81,8 @@ DEEP_ARGS = b"\x92" + b"\x91" * 100_000 + b"\xc0" + b"\x80"
 def _submit_encoded(ref: actors.RemoteRef, method: str, payload: bytes) -> CallFuture:
     """Submit a call whose ``[args, kwargs]`` payload is already encoded."""
     assert ref.link is not None
-    call_id = next(ref._ids)
     fut = CallFuture(label=f"{ref.name}.{method}")
-    ref._pending[call_id] = fut
-    ref.link.send_nowait(_wire.Call(call_id, method, _wire.Raw(payload)))
+    ref.link.send_nowait(ref.protocol.start(method, payload, fut))
     return fut
 
 

@@ -9,8 +9,9 @@ import trio
 import trio.testing
 
 import actors
+import actors.lowlevel
 from actors import _codec, _wire
-from actors._host import HostSession
+from actors._session import HostSession
 
 from .actors_fixtures import Worker
 
@@ -44,7 +45,7 @@ def _call(call_id: int, key: str) -> _wire.Call:
 
 async def _session(nursery: trio.Nursery, link: FakeLink) -> tuple[Worker, HostSession]:
     worker = Worker()
-    host = actors.ActorHost(worker, nursery)
+    host = actors.lowlevel.ActorHost(worker, nursery)
     return worker, HostSession(host, link)  # type: ignore[arg-type]
 
 

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 import actors
+import actors.lowlevel
 
 from .._deployment import Application, replace_apps
 from .._handles.handle import DeploymentHandle
@@ -73,9 +74,9 @@ class Controller:
     async def serve_api(self, *, task_status: trio.TaskStatus[str]) -> None:
         """Host the controller's API for replica processes (membership, load reports)."""
         async with trio.open_nursery() as calls:
-            host = actors.ActorHost(ControllerAPI(self), calls, name="controller")
+            host = actors.lowlevel.ActorHost(ControllerAPI(self), calls, name="controller")
             bound, port = await calls.start(
-                lambda task_status: actors.serve_host(
+                lambda task_status: actors.lowlevel.serve_host(
                     host, token=self.system.token, task_status=task_status
                 )
             )

@@ -18,6 +18,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
 import actors
+import actors.lowlevel
 
 from .._handles import context as _context
 from .._handles.messages import MODEL_SEP
@@ -105,7 +106,7 @@ class Replica:
         self.metrics = ReplicaMetrics()
         self._asgi: tuple[Any] | None = None
         self._takes_request: bool | None = None
-        self._host: actors.ActorHost | None = None
+        self._host: actors.lowlevel.ActorHost | None = None
         #: the model cache's counters, when the deployment has a ``@serve.multiplexed``
         self.multiplex_stats = register_owner(self.user, self._report_models)
 
@@ -142,7 +143,7 @@ class Replica:
 
     # -- metrics
 
-    def __actor_attach__(self, host: actors.ActorHost) -> None:
+    def __actor_attach__(self, host: actors.lowlevel.ActorHost) -> None:
         self._host = host
         host.observer = self._observe
         if self.asyncio is None:
@@ -168,7 +169,7 @@ class Replica:
 
     # -- HTTP
 
-    @actors.push_stream
+    @actors.lowlevel.push_stream
     async def serve_http(self, emit: Emit, meta: dict[str, Any], body: bytes) -> None:
         """Answer one HTTP request (its head ``meta`` from ``request_meta``, its ``body``):
         emits the response as the messages ``trioserve._replica.http`` describes."""
@@ -214,7 +215,7 @@ class Replica:
         args: tuple[Any, ...] = ()
         if self._call_takes_request(fn):
             args = (StarletteRequest(scope, receive),)
-        kind = actors.method_kind(fn)
+        kind = actors.lowlevel.method_kind(fn)
         if kind == "asyncgen":
             await _stream_async(emit, fn(*args))
         elif kind == "syncgen":
