@@ -166,8 +166,18 @@ def test_public_api_actors_testing_lists_its_helpers() -> None:
     """``actors.testing`` is a public module whose ``__all__`` names what it offers."""
     import actors.testing
 
-    assert sorted(actors.testing.__all__) == ["connected", "running_actor", "serving"]
+    assert sorted(actors.testing.__all__) == ["connected", "in_memory", "running_actor", "serving"]
     assert all(callable(getattr(actors.testing, name)) for name in actors.testing.__all__)
+
+
+def test_public_api_actors_lowlevel_holds_the_runtime_hooks() -> None:
+    """``actors.lowlevel`` names the hooks a framework needs; they are not in ``actors``."""
+    import actors.lowlevel
+
+    hooks = ["ActorHost", "StreamSender", "duplex_stream", "method_kind", "push_stream"]
+    assert sorted(actors.lowlevel.__all__) == sorted([*hooks, "serve_host"])
+    assert not set(actors.lowlevel.__all__) & set(actors.__all__)
+    assert repr(actors.lowlevel.ActorHost) == "<class 'actors.lowlevel.ActorHost'>"
 
 
 @pytest.mark.parametrize("package", [trioserve, actors], ids=["trioserve", "actors"])
