@@ -10,6 +10,9 @@ import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "tests_slow", "soak_short", "examples"]
 nox.options.reuse_existing_virtualenvs = True
+# uv makes each environment in ~3 s instead of ~22 s with virtualenv and pip; without uv
+# (nox installed without its ``uv`` extra) nox falls back to virtualenv
+nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]

@@ -35,7 +35,7 @@ from ._link import Link
 from ._ref import RemoteRef
 from ._serve import ENV_TOKEN
 from ._spec import Actor, ActorSpec
-from ._transport import connect, serve_links
+from ._transport import MAX_CONNECTIONS, connect, serve_links
 from .exceptions import SpawnError
 
 ENV_PARENT = "ACTORS_PARENT"
@@ -312,12 +312,15 @@ async def open_actor_system(
     host: str = "127.0.0.1",
     spawn_method: str | None = None,
     preload: Sequence[str] = (),
+    max_connections: int = MAX_CONNECTIONS,
 ) -> AsyncIterator[ActorSystem]:
     """Open an actor system: an instance token and the control listener on ``host``.
 
     ``spawn_method`` is ``"fork"`` (the default where the platform has pidfds: children
     are forked from a fork server that has imported the runtime, and the modules named in
     ``preload``, once) or ``"exec"`` (a fresh ``python -m actors._child`` per child).
+    ``max_connections`` bounds the control listener as :func:`actors.serve_links` says; every
+    running child holds one of its connections (its control link).
 
     Tasks: the control listener and the fork server, in this block's nursery. Actors run with
     ``nursery.start(system.run_actor, spec)`` in nurseries of the caller's choosing, which
@@ -333,7 +336,12 @@ async def open_actor_system(
 
             bound_host, port = await nursery.start(
                 lambda task_status: serve_links(
-                    on_link, token=token, host=host, port=0, task_status=task_status
+                    on_link,
+                    token=token,
+                    host=host,
+                    port=0,
+                    max_connections=max_connections,
+                    task_status=task_status,
                 )
             )
             if spawn_method is None:

@@ -94,11 +94,14 @@ class Supervisor:
     # -- queries
 
     def actor(self, child_id: str) -> Actor | None:
+        """The running actor of child ``child_id``; None while it is (re)starting, or if
+        there is no such child."""
         child = self._children.get(child_id)
         return child.actor if child is not None else None
 
     @property
     def children(self) -> dict[str, Actor | None]:
+        """Every supervised child by id, with its running actor (None while it restarts)."""
         return {cid: child.actor for cid, child in self._children.items()}
 
     # -- starting and stopping children

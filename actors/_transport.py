@@ -10,18 +10,25 @@ Both ends own their TCP stream and close it themselves when the link ends, howev
 Limits before authentication, per listener: a connection has ``HANDSHAKE_TIMEOUT_S`` to
 complete its handshake (it is closed as soon as its peer hangs up, too), and at most
 ``MAX_CONNECTIONS`` connections (authenticated or not) are open at once; beyond that a
-new connection is closed at once, and one warning is logged per burst of refusals.
+new connection evicts the oldest one still in its handshake (so a flood of silent peers
+cannot lock out an actor process connecting back) or, when every open one is
+authenticated, is closed at once; one warning is logged per burst.
+``MAX_CONNECTIONS`` follows the process's open-file limit (:func:`default_max_connections`),
+so that a flood of one listener cannot take the file descriptors the process needs to start
+actor processes and connect to them.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import resource
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
+import attrs
 import trio
 from trio_websocket import (
     ConnectionRejected,
@@ -41,14 +48,52 @@ RECEIVE_BUFFER_SIZE = 256 * 1024
 #: how long a new connection to a listener may take to complete its websocket handshake
 #: (send its request and be accepted or refused) before it is closed
 HANDSHAKE_TIMEOUT_S = 5.0
-#: how many connections a listener holds open at once, by default
-MAX_CONNECTIONS = 256
+#: the most connections a listener holds open at once by default, however high the
+#: open-file limit
+MAX_CONNECTIONS_CAP = 256
+#: file descriptors a process keeps out of its listeners' reach, at least (a bigger share of
+#: a bigger limit: see :func:`fd_reserve`)
+FD_RESERVE_MIN = 64
 #: how long connecting to an actor may take, TCP connect and websocket handshake together
 CONNECT_TIMEOUT_S = 10.0
 #: how long a closing link waits for the peer's close frame before closing the socket
 DISCONNECT_TIMEOUT_S = 2.0
 
 logger = logging.getLogger("actors.transport")
+
+
+def open_file_limit() -> int | None:
+    """This process's soft ``RLIMIT_NOFILE``, or None when it is unlimited."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def fd_reserve(soft_limit: int) -> int:
+    """The file descriptors no listener may take, out of ``soft_limit``: the process's own
+    (interpreter, event loop, listeners, logs: about 20) and, for each actor process it
+    runs, the pidfd that watches it and the link to it (2 each, ~20 actors in 64)."""
+    return max(FD_RESERVE_MIN, soft_limit // 8)
+
+
+def default_max_connections(soft_limit: int | None) -> int:
+    """A listener's default bound under ``soft_limit`` open files (None: unlimited): a
+    quarter of what the reserve leaves, so that two listeners flooded at once still leave
+    half of it, at most ``MAX_CONNECTIONS_CAP`` and at least 8.
+
+    Why bounds and not a pool of spare descriptors (opened ``/dev/null``s released before a
+    spawn): a spawn's descriptors are taken several awaits apart (the pidfd, the accepted
+    control link, the link to the actor), and meanwhile every accept loop keeps accepting
+    (even past its bound, to refuse), so released spares can go to a flooding peer. Bounds
+    that sum to less than the limit make running out impossible rather than unlikely.
+    """
+    if soft_limit is None:
+        return MAX_CONNECTIONS_CAP
+    return max(8, min(MAX_CONNECTIONS_CAP, (soft_limit - fd_reserve(soft_limit)) // 4))
+
+
+#: how many connections a listener holds open at once, by default: from the open-file limit
+#: when ``actors`` is imported (a child inherits its parent's limit, and so its bound)
+MAX_CONNECTIONS = default_max_connections(open_file_limit())
 
 
 def _token_bytes(token: str | bytes) -> bytes:
@@ -58,36 +103,85 @@ def _token_bytes(token: str | bytes) -> bytes:
 class ConnectionGate:
     """Counts a listener's open connections against its limit (sans-IO).
 
-    ``enter()`` admits a connection or refuses it; it returns whether a warning is due
-    (the first refusal of a burst: refusals after an admission start a new burst).
-    ``on_change(count)``, if given, is called whenever the count changes.
+    A connection is *pending* from :meth:`enter` until :meth:`authenticated`. At the limit,
+    a new connection takes the place of the oldest pending one, which its listener then
+    closes: peers that connect and never authenticate (a flood) cannot lock out one that
+    authenticates at once (an actor process connecting back), since it is evicted only
+    once ``limit`` newer connections have come in during its handshake. When every open
+    connection is authenticated, a new one is refused.
+
+    :meth:`enter` says whether a warning is due: the first refusal or eviction of a burst
+    (an admission with room to spare ends a burst). ``on_change(count)``, if given, is
+    called whenever the count of open connections changes.
     """
 
     def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
         if limit < 1:
             raise ValueError(f"max_connections must be >= 1, got {limit!r}")
         self.limit = limit
-        self.active = 0
         self.refused = 0
+        self.evicted = 0
+        #: pending connections, oldest first
+        self._pending: dict[Hashable, None] = {}
+        self._authenticated: set[Hashable] = set()
         self._in_burst = False
         self._on_change = on_change
 
-    def enter(self) -> tuple[bool, bool]:
-        """``(admitted, warn)`` for a new connection."""
-        if self.active >= self.limit:
-            self.refused += 1
-            warn, self._in_burst = not self._in_burst, True
-            return False, warn
-        self._in_burst = False
-        self.active += 1
-        if self._on_change is not None:
-            self._on_change(self.active)
-        return True, False
+    @property
+    def active(self) -> int:
+        return len(self._pending) + len(self._authenticated)
 
-    def leave(self) -> None:
-        self.active -= 1
+    def enter(self, key: Hashable) -> GateDecision:
+        """Admit the new connection ``key`` (pending), making room if need be, or refuse it."""
+        evict: Hashable | None = None
+        if self.active >= self.limit:
+            if not self._pending:
+                self.refused += 1
+                return GateDecision(admitted=False, evict=None, warn=self._burst())
+            evict = next(iter(self._pending))
+            del self._pending[evict]
+            self.evicted += 1
+            warn = self._burst()
+        else:
+            self._in_burst = warn = False
+        self._pending[key] = None
+        if evict is None and self._on_change is not None:
+            self._on_change(self.active)
+        return GateDecision(admitted=True, evict=evict, warn=warn)
+
+    def _burst(self) -> bool:
+        warn, self._in_burst = not self._in_burst, True
+        return warn
+
+    def authenticated(self, key: Hashable) -> bool:
+        """``key`` completed its handshake: it is no longer evicted to make room. False if
+        it was evicted already (its listener closes it)."""
+        if key not in self._pending:
+            return False
+        del self._pending[key]
+        self._authenticated.add(key)
+        return True
+
+    def leave(self, key: Hashable) -> None:
+        """``key`` is closed (a no-op for one evicted: it was counted out then)."""
+        if key in self._pending:
+            del self._pending[key]
+        elif key in self._authenticated:
+            self._authenticated.remove(key)
+        else:
+            return
         if self._on_change is not None:
             self._on_change(self.active)
+
+
+@attrs.frozen(kw_only=True)
+class GateDecision:
+    """What to do with a new connection: admit it or not, close an older one (``evict``)
+    to make room for it, and whether to log that the listener is full."""
+
+    admitted: bool
+    evict: Hashable | None
+    warn: bool
 
 
 async def serve_links(
@@ -104,10 +198,12 @@ async def serve_links(
 ) -> NoReturn:
     """Listen on ``host:port``; run ``on_link(ws)`` for each authenticated connection.
 
-    At most ``max_connections`` connections are open at once (more are closed at once); a
-    connection that has not completed its handshake within ``handshake_timeout`` seconds,
-    or whose peer hangs up first, is closed. ``on_connections(count)`` is called whenever
-    the number of open connections changes (for metrics and tests).
+    At most ``max_connections`` connections are open at once: past it, a new connection
+    takes the place of the oldest one still in its handshake, and is closed at once when
+    every open one is authenticated (:class:`ConnectionGate`). A connection that has not
+    completed its handshake within ``handshake_timeout`` seconds, or whose peer hangs up
+    first, is closed. ``on_connections(count)`` is called whenever the number of open
+    connections changes (for metrics and tests).
 
     Tasks: the listener and, per connection, a handler and trio-websocket's reader, in this
     task's nursery; ``task_status.started((host, port))`` once listening. Cancelling closes
@@ -126,21 +222,32 @@ async def serve_links(
     bound_port: int = listener.socket.getsockname()[1]
 
     async def handle(stream: trio.SocketStream) -> None:
-        admitted, warn = gate.enter()
-        if not admitted:
-            if warn:
-                logger.warning(
-                    "listener %s:%d has max_connections=%d open: closing new connections",
-                    host,
-                    bound_port,
-                    gate.limit,
-                )
+        handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
+        decision = gate.enter(handshake)
+        if decision.warn:
+            logger.warning(
+                "listener %s:%d has max_connections=%d open: closing the oldest connections "
+                "still in their handshake, or new ones when none is",
+                host,
+                bound_port,
+                gate.limit,
+            )
+        if isinstance(decision.evict, trio.CancelScope):
+            decision.evict.cancel()  # its handler closes it
+        if not decision.admitted:
             await trio.aclose_forcefully(stream)
             return
         try:
-            await _serve_connection(stream, on_link, secret, max_message_size, handshake_timeout)
+            await _serve_connection(
+                stream,
+                on_link,
+                secret,
+                max_message_size,
+                handshake,
+                lambda: gate.authenticated(handshake),
+            )
         finally:
-            gate.leave()
+            gate.leave(handshake)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, [listener])
@@ -154,16 +261,18 @@ async def _serve_connection(
     on_link: Callable[[WebSocketConnection], Awaitable[None]],
     secret: bytes,
     max_message_size: int,
-    handshake_timeout: float,
+    handshake: trio.CancelScope,
+    on_authenticated: Callable[[], bool],
 ) -> None:
-    """One connection, from its handshake (bounded) to its end; the stream is closed
-    whatever happens."""
+    """One connection, from its handshake (bounded by ``handshake``'s deadline, and ended
+    by cancelling it) to its end; the stream is closed whatever happens. A connection
+    evicted as its handshake completes (``on_authenticated()`` is false) is closed too."""
     try:
         async with trio.open_nursery() as nursery:
             ws: WebSocketConnection | None = None
-            with trio.move_on_after(handshake_timeout) as handshake:
+            with handshake:
                 ws = await _accept(nursery, stream, secret, max_message_size, handshake)
-            if ws is not None:
+            if ws is not None and on_authenticated():
                 try:
                     await on_link(ws)
                 finally:

@@ -20,13 +20,12 @@ import msgspec
 import psutil
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
 import actors
 import trioserve as serve
 from actors import _codec, _transport, _wire
 from actors.testing import connected, serving
-from tests.actors.actors_fixtures import wait_closed
+from tests.actors.actors_fixtures import open_raw_websocket, wait_closed
 
 TOKEN = "security-test-token-0123456789abcdef"
 TOKEN_HEADER = b"x-actors-token"
@@ -250,8 +249,8 @@ async def test_pickles_are_not_decoded_before_authentication(tmp_path: Path) -> 
             assert body == b"missing or wrong instance token"
             assert not target.exists()
         # control: with the token the very same bytes are decoded, and the file appears
-        async with open_websocket_url(
-            address, subprotocols=[actors.PROTOCOL], extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
+        async with open_raw_websocket(
+            address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
         ) as ws:
             await ws.send_message(message)
             decoder = _wire.BatchDecoder()
@@ -311,8 +310,8 @@ async def test_oversized_websocket_message_closes_with_1009() -> None:
     assert actors.DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     limit = 64 * 1024
     async with serving(Small(), token=TOKEN, max_message_size=limit) as address:
-        async with open_websocket_url(
-            address, subprotocols=[actors.PROTOCOL], extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
+        async with open_raw_websocket(
+            address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
         ) as ws:
             big = _wire.Call(1, "size", _wire.Raw(_codec.encode_args((b"x" * 2 * limit,), {})))
             await ws.send_message(_wire.frame([_wire.encode_envelope(big)]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -34,13 +35,28 @@ from .exceptions import RequestTimeoutError, ServeNotRunningError
 
 T = TypeVar("T")
 
+logger = logging.getLogger("trioserve")
+
+#: how long a call broken by a crashing loop waits for the loop to end and name its error
+_CRASH_JOIN_TIMEOUT_S = 10.0
+
 
 class _Background:
-    """A serve instance running ``trio.run`` on a daemon thread until ``stop()``."""
+    """A serve instance running ``trio.run`` on a daemon thread until ``stop()``.
+
+    An error that ends the loop before the instance is ready is raised by the constructor.
+    One that ends it later (the serve loop crashed) is logged on the ``trioserve`` logger
+    and kept: every later script API call, and every call of a sync handle or response of
+    this instance, raises ServeShutdownError from it (``serve.shutdown()`` discards this
+    instance; the next ``serve.run()`` starts a new one).
+    """
 
     def __init__(self, http: HTTPOptions) -> None:
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        #: set when the serve nursery starts failing: calls failing from then on wait for
+        #: the loop's end to name its error
+        self._failing = threading.Event()
         self.instance: ServeInstance | None = None
         self.token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -55,26 +71,60 @@ class _Background:
     def _main(self, http: HTTPOptions) -> None:
         try:
             trio.run(self._amain, http)
-        except BaseException as exc:  # why: reported to the thread that started us
+        except BaseException as exc:  # why: reported to the thread that started us, or kept
             if not self._ready.is_set():
                 self._error = exc
+            else:
+                if self.token is not None:  # already done by _amain, unless trio itself failed
+                    _context.set_crash(self.token, exc)
+                logger.error(
+                    "the serve instance stopped with an error; calls to it raise "
+                    "ServeShutdownError from this one until serve.shutdown()",
+                    exc_info=exc,
+                )
         finally:
             self._ready.set()
 
     async def _amain(self, http: HTTPOptions) -> None:
-        async with open_serve(
-            http_host=http.host, http_port=http.port, request_timeout_s=http.request_timeout_s
-        ) as instance:
-            self.instance = instance
-            self.token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            self._ready.set()
-            await self._stop.wait()
+        try:
+            async with open_serve(
+                http_host=http.host, http_port=http.port, request_timeout_s=http.request_timeout_s
+            ) as instance:
+                self.instance = instance
+                self.token = trio.lowlevel.current_trio_token()
+                self._stop = trio.Event()
+                self._ready.set()
+                try:
+                    await self._stop.wait()
+                except trio.Cancelled:  # why: only a failing serve nursery cancels this; re-raised
+                    self._failing.set()
+                    raise
+        except BaseException as exc:  # why: recorded while the loop still runs; re-raised
+            if self._ready.is_set() and self.token is not None:
+                # calls that the loop's end interrupts find the reason already there
+                _context.set_crash(self.token, exc)
+            raise
+
+    def check_alive(self, what: str) -> None:
+        """Raise ServeShutdownError, from the error, if the loop ended with one."""
+        if self.token is not None:
+            _context.raise_if_crashed(self.token, what)
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on the loop; ServeShutdownError from the crash if the loop
+        crashed, before or during the call."""
         assert self.token is not None
+        self.check_alive("this serve API call")
         check_not_in_loop(self.token, "this serve API call")
-        return run_on_loop(self.token, fn, *args)
+        try:
+            return run_on_loop(self.token, fn, *args)
+        except (Exception, trio.Cancelled):
+            # why: a call the crashing loop broke (this Cancelled is the loop's: no Trio runs
+            # on this thread) raises the crash, its own error as __context__; else re-raised
+            if self._failing.is_set() and self._thread.is_alive():
+                self._thread.join(_CRASH_JOIN_TIMEOUT_S)  # until the loop has ended
+            self.check_alive("this serve API call")
+            raise
 
     def stop(self) -> None:
         if self.token is not None and self._stop is not None and self._thread.is_alive():
@@ -100,16 +150,22 @@ def start(
     ``host``, ``port``, ``request_timeout_s``) is Ray's spelling of ``http_host`` and
     ``http_port``; give one or the other. ``port=0`` picks a free port, ``None`` runs no
     HTTP proxy. A running instance is left as it is."""
-    global _background
     if http_options is not None:
         if (http_host, http_port) != ("127.0.0.1", 8000):
             raise TypeError("give http_options or http_host/http_port to serve.start(), not both")
         http = HTTPOptions.coerce(http_options)
     else:
         http = HTTPOptions(host=http_host, port=http_port)
+    _start(http, "serve.start()")
+
+
+def _start(http: HTTPOptions, what: str) -> None:
+    global _background
     with _lock:
         if _background is None:
             _background = _Background(http)
+        else:
+            _background.check_alive(what)
 
 
 def _running(what: str) -> _Background:
@@ -121,6 +177,7 @@ def _running(what: str) -> _Background:
             f"{what}: no serve instance is running in this process; start one with "
             "serve.run(app) or serve.start() first"
         )
+    bg.check_alive(what)
     return bg
 
 
@@ -203,7 +260,7 @@ def run(
 ) -> SyncHandle:
     """Deploy ``app`` and return a :class:`SyncHandle` to its ingress once every replica is
     running. With ``blocking=True``, serve until interrupted, then shut down."""
-    start()
+    _start(HTTPOptions(), "serve.run()")
     bg, instance = _instance("serve.run()")
 
     async def deploy() -> DeploymentHandle:
@@ -259,6 +316,7 @@ def status() -> ServeStatus:
     bg = _background
     if bg is None or bg.instance is None:
         return ServeStatus(applications={})
+    bg.check_alive("serve.status()")
     instance = bg.instance
     return bg.call(instance.status)
 

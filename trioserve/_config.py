@@ -80,6 +80,9 @@ class AutoscalingConfig:
 
     @classmethod
     def from_value(cls, value: AutoscalingConfig | Mapping[str, Any]) -> AutoscalingConfig:
+        """``value`` as an AutoscalingConfig: an instance as it is, or a dict of its fields
+        (Ray's ``autoscaling_config={...}``); unknown fields raise ValueError, other types
+        TypeError."""
         if isinstance(value, AutoscalingConfig):
             return value
         if not isinstance(value, Mapping):
@@ -247,6 +250,8 @@ class DeploymentConfig:
 
     @property
     def initial_replicas(self) -> int:
+        """How many replicas a deploy starts: ``num_replicas``, or with autoscaling its
+        ``initial_replicas`` (else ``min_replicas``)."""
         auto = self.autoscaling_config
         if auto is not None:
             if auto.initial_replicas is not None:

@@ -16,6 +16,7 @@ import trio
 import actors
 
 from ._control.controller import Controller
+from ._control.fd_budget import connection_bounds, open_file_limit
 from ._control.resources import detect_capacity
 from ._deployment import Application
 from ._handles import context as _context
@@ -56,11 +57,15 @@ class ServeInstance:
 
     @property
     def http_url(self) -> str | None:
+        """The HTTP proxy's address (``http://host:port``), or None if it runs none."""
         if self.http_port is None:
             return None
         return f"http://{self.http_host}:{self.http_port}"
 
     def router(self, app: str, deployment: str) -> Router:
+        """This process's router for a deployment (made on first use, shared by every
+        handle to it here); its requests fail with DeploymentUnavailableError while the
+        deployment does not exist."""
         return self._controller.router(app, deployment)
 
     async def run(
@@ -92,18 +97,27 @@ class ServeInstance:
         self._controller.report_models(report)
 
     def get_app_handle(self, name: str = "default") -> DeploymentHandle:
+        """A handle to application ``name``'s ingress deployment, as Ray Serve's
+        ``serve.get_app_handle``; raises DeploymentUnavailableError if no such application
+        runs."""
         ingress = self._controller.app_ingress(name)
         return DeploymentHandle(ingress, name, _context=self)
 
     def get_deployment_handle(
         self, deployment_name: str, app_name: str = "default"
     ) -> DeploymentHandle:
+        """A handle to a deployment of an application, as Ray Serve's
+        ``serve.get_deployment_handle``; made without a check: calls to a deployment that
+        does not exist fail with DeploymentUnavailableError."""
         return DeploymentHandle(deployment_name, app_name, _context=self)
 
     def find_deployment_app(self, deployment_name: str) -> str:
+        """The name of the (first) running application that has a deployment of this
+        name; raises DeploymentUnavailableError if none has."""
         return self._controller.find_deployment_app(deployment_name)
 
     async def status(self) -> ServeStatus:
+        """A snapshot of every application, deployment and replica (``serve.status()``)."""
         await trio.lowlevel.checkpoint()
         return self._controller.status()
 
@@ -146,6 +160,8 @@ class ServeInstance:
         return load_config(data)
 
     def request_shutdown(self) -> None:
+        """Set :attr:`shutdown_requested`; stops nothing itself: the instance's owner
+        leaves its ``open_serve`` block when it sees the event."""
         self.shutdown_requested.set()
 
 
@@ -176,6 +192,10 @@ async def open_serve(
     ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi``. ``access_log`` logs one line per HTTP request
     (method, path, status, duration, request id) on the ``trioserve.access`` logger.
 
+    Every listener holds a bounded number of connections, by default derived from the
+    open-file limit so that a flood of them all leaves the descriptors replicas need to
+    (re)start (``trioserve._control.fd_budget``); ``http_limits`` sets both HTTP listeners'.
+
     Tasks: the controller, its listener, the HTTP proxy and its connections, every
     deployment's supervisor and replicas, and the routers' timers, in this block's nursery.
     Leaving the block drains the proxy (no new connections; requests in flight are answered,
@@ -183,14 +203,22 @@ async def open_serve(
     process (no process outlives the block). An error raised in the block comes out of it
     unwrapped (it is the only one the block can end with).
     """
+    bounds = connection_bounds(open_file_limit())
     with actors.unwrap_lone_error():
         async with (
             actors.open_actor_system(
-                preload=("trioserve._replica.replica",), token=token or secrets.token_urlsafe(32)
+                preload=("trioserve._replica.replica",),
+                token=token or secrets.token_urlsafe(32),
+                max_connections=bounds.websocket,
             ) as system,
             trio.open_nursery() as nursery,
         ):
-            controller = Controller(system, nursery, detect_capacity(overrides=resources))
+            controller = Controller(
+                system,
+                nursery,
+                detect_capacity(overrides=resources),
+                max_connections=bounds.websocket,
+            )
             await nursery.start(controller.serve_api)
             instance = ServeInstance(controller, http_host, http_port)
             http_scope = trio.CancelScope()
@@ -199,12 +227,15 @@ async def open_serve(
                 proxy = HTTPProxy(
                     instance,
                     controller,
+                    nursery=nursery,
                     request_timeout_s=request_timeout_s,
                     show_tracebacks=show_tracebacks,
                     access_log=access_log,
                 )
                 instance.proxy = proxy
-                server = HTTPServer(proxy.handle, http_limits)
+                server = HTTPServer(
+                    proxy.handle, http_limits or HTTPLimits(max_connections=bounds.http)
+                )
 
                 async def run_http(task_status: trio.TaskStatus[int]) -> None:
                     assert server is not None
@@ -218,7 +249,11 @@ async def open_serve(
             control_server: HTTPServer | None = None
             if control_port is not None:
                 control = ControlAPI(instance, system.token, nursery)
-                control_server = HTTPServer(control.handle, http_limits, gate=control.gate)
+                control_server = HTTPServer(
+                    control.handle,
+                    http_limits or HTTPLimits(max_connections=bounds.control_http),
+                    gate=control.gate,
+                )
 
                 async def run_control(task_status: trio.TaskStatus[int]) -> None:
                     assert control_server is not None

@@ -12,13 +12,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actors
 import actors.lowlevel
@@ -263,6 +265,41 @@ async def wait_process_gone(proc: psutil.Process, timeout: float = 10) -> None:
     with trio.fail_after(timeout):
         while not process_gone(proc):  # noqa: ASYNC110 -- an OS process has no event to wait on
             await trio.sleep(0.02)  # polling a real process's exit, bounded by the deadline
+
+
+@asynccontextmanager
+async def open_raw_websocket(
+    address: str,
+    *,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    subprotocols: Sequence[str] = (actors.PROTOCOL,),
+) -> AsyncIterator[WebSocketConnection]:
+    """A plain trio-websocket client of ``address`` (``ws://host:port``) for the block, for
+    tests that send what they like; a refused handshake raises ConnectionRejected. Unlike
+    trio-websocket 0.12.2's ``open_websocket_url``, it closes its TCP connection when the
+    server refused or closed first (that one leaves the socket to be garbage-collected
+    unclosed)."""
+    url = urllib.parse.urlsplit(address)
+    assert url.hostname is not None
+    assert url.port is not None
+    stream = await trio.open_tcp_stream(url.hostname, url.port)
+    with actors.unwrap_lone_error():  # the block's own error comes out as itself
+        async with stream, trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery,
+                stream,
+                url.hostname,
+                url.path or "/",
+                subprotocols=list(subprotocols),
+                extra_headers=extra_headers,
+            )
+            try:
+                yield ws
+            finally:
+                try:
+                    await ws.aclose()
+                finally:
+                    await trio.aclose_forcefully(stream)  # also ends the reader task
 
 
 async def wait_closed(ws: WebSocketConnection, timeout: float = 10) -> ConnectionClosed:

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actors
 import actors.lowlevel
@@ -27,6 +27,8 @@ from actors._ref import RemoteRef
 from actors.testing import connected
 from trioserve._http.server import HTTPReply, plain, serve_http
 from trioserve._replica.http import Request
+
+from .actors_fixtures import open_raw_websocket
 
 TOKEN = "fuzz-token"
 TOKEN_HEADER = b"x-actors-token"
@@ -377,9 +379,7 @@ async def _listener() -> AsyncIterator[tuple[str, actors.lowlevel.ActorHost]]:
 @asynccontextmanager
 async def _raw_client(address: str) -> AsyncIterator[WebSocketConnection]:
     """A client that passes the handshake and then sends whatever the test says."""
-    async with open_websocket_url(
-        address, subprotocols=[actors.PROTOCOL], extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
-    ) as ws:
+    async with open_raw_websocket(address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())]) as ws:
         yield ws
 
 

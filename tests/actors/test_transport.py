@@ -10,18 +10,13 @@ from contextlib import asynccontextmanager
 import msgspec
 import pytest
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 import actors
 from actors import _codec, _wire
 from actors.testing import connected, running_actor, serving
 
-from .actors_fixtures import Worker, wait_closed, worker_spec
+from .actors_fixtures import Worker, open_raw_websocket, wait_closed, worker_spec
 
 TOKEN = "the-instance-token"
 TOKEN_HEADER = b"x-actors-token"
@@ -37,9 +32,7 @@ async def _assert_serves(address: str) -> None:
 async def _raw_client(address: str) -> AsyncIterator[WebSocketConnection]:
     """A websocket that passes the handshake (right token and subprotocol) but then speaks
     whatever the test sends."""
-    async with open_websocket_url(
-        address, subprotocols=[actors.PROTOCOL], extra_headers=[(TOKEN_HEADER, TOKEN.encode())]
-    ) as ws:
+    async with open_raw_websocket(address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())]) as ws:
         yield ws
 
 
@@ -105,11 +98,13 @@ async def test_transport_missing_token_or_subprotocol_is_refused_before_any_mess
     protocol's subprotocol; good clients are served afterwards."""
     async with serving(Worker(), token=TOKEN) as address:
         with trio.fail_after(5), pytest.raises(ConnectionRejected) as no_token:
-            async with open_websocket_url(address, subprotocols=[actors.PROTOCOL]):
+            async with open_raw_websocket(address):
                 pass
         assert no_token.value.status_code == 401
         with trio.fail_after(5), pytest.raises(ConnectionRejected) as no_protocol:
-            async with open_websocket_url(address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())]):
+            async with open_raw_websocket(
+                address, extra_headers=[(TOKEN_HEADER, TOKEN.encode())], subprotocols=()
+            ):
                 pass
         assert no_protocol.value.status_code == 400
         await _assert_serves(address)

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request as StarletteRequest
@@ -375,3 +376,84 @@ class Fragile:
 
 #: what ``trioserve run tests/trioserve/http_fixtures.py:app`` serves
 app = Pid.options(num_replicas=2).bind()
+
+
+# -- streamed request bodies and WebSockets
+
+
+@serve.deployment
+class Uploads:
+    """``/count``: reads the body chunk by chunk, answers its size and chunk count;
+    ``/echo``: streams each chunk back as it arrives (the request and response bodies
+    flow at the same time)."""
+
+    async def __call__(self, request: StarletteRequest) -> Any:
+        if request.url.path.endswith("/echo"):
+
+            async def echo() -> AsyncIterator[bytes]:
+                async for chunk in request.stream():
+                    if chunk:
+                        yield chunk
+
+            return StreamingResponse(echo(), media_type="application/octet-stream")
+        size = chunks = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            chunks += bool(chunk)
+        return {"size": size, "chunks": chunks}
+
+
+def websocket_app() -> Any:
+    """A FastAPI app with WebSocket routes: ``/echo`` (text and bytes back, ``bye``
+    closes with 4001), ``/refuse`` (closes before accepting)."""
+    app = FastAPI()
+
+    @app.websocket("/echo")
+    async def echo(websocket: WebSocket) -> None:
+        offered = websocket.scope["subprotocols"]
+        await websocket.accept(subprotocol=offered[0] if offered else None)
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text, data = message.get("text"), message.get("bytes")
+                if text == "bye":
+                    await websocket.close(code=4001, reason="goodbye")
+                    return
+                if text is not None:
+                    await websocket.send_text(f"echo: {text}")
+                else:
+                    await websocket.send_bytes(data or b"")
+        except WebSocketDisconnect:
+            return
+
+    @app.websocket("/refuse")
+    async def refuse(websocket: WebSocket) -> None:
+        await websocket.close(code=1008)
+
+    return app
+
+
+@serve.deployment
+@serve.ingress(websocket_app)
+class Sockets:
+    """WebSocket routes of an ASGI ingress (see :func:`websocket_app`)."""
+
+
+chat_app = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(chat_app)
+class Chat:
+    """A class-based FastAPI WebSocket route: ``self`` is the replica's instance."""
+
+    def __init__(self, greeting: str = "echo") -> None:
+        self.greeting = greeting
+
+    @chat_app.websocket("/talk")
+    async def talk(self, ws: WebSocket) -> None:
+        await ws.accept()
+        async for text in ws.iter_text():
+            await ws.send_text(f"{self.greeting}: {text}")

@@ -64,9 +64,6 @@ async def test_request_is_a_starlette_request() -> None:
     assert seen["route"] == "/in"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the HTTP server does not pass the peer address (HTTPRequest.client) yet"
-)
 async def test_request_client_is_the_peer_address() -> None:
     """``request.client`` is the address the request came from."""
     async with serve.open_serve(http_port=0) as instance:

@@ -14,7 +14,6 @@ import dataclasses
 import pickle
 import threading
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -25,15 +24,6 @@ import trioserve as serve
 from trioserve._deployment import replace_apps
 
 from . import serve_fixtures as fx
-
-
-@pytest.fixture
-def sync_serve() -> Iterator[None]:
-    serve.start(http_port=None)
-    try:
-        yield
-    finally:
-        serve.shutdown()
 
 
 @serve.deployment

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,15 +20,6 @@ import trio
 import trioserve as serve
 
 from . import serve_fixtures as fx
-
-
-@pytest.fixture
-def sync_serve() -> Iterator[None]:
-    serve.start(http_port=None)
-    try:
-        yield
-    finally:
-        serve.shutdown()
 
 
 def _replica_pids(status: serve.ServeStatus) -> set[int]:

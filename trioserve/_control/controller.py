@@ -16,7 +16,8 @@ import trio
 import actors
 import actors.lowlevel
 
-from .._deployment import Application, replace_apps
+from .._config import DeploymentConfig
+from .._deployment import Application, Deployment, replace_apps
 from .._handles.handle import DeploymentHandle
 from .._handles.messages import LoadReport, Membership, ModelReport
 from .._handles.router import Router
@@ -50,17 +51,57 @@ class AppState:
     message: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class DeploymentPlan:
+    """What one deployment of an application is to run: its definition, its options, and
+    its constructor arguments (bound applications replaced by handles)."""
+
+    deployment: Deployment
+    config: DeploymentConfig
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def plan_deployments(
+    nodes: list[Application], app_name: str, *, force_inline: bool = False
+) -> dict[str, DeploymentPlan]:
+    """The plan of every deployment in an application's graph (``nodes``), by name; pure."""
+
+    def to_handle(a: Application) -> DeploymentHandle:
+        return DeploymentHandle(a.deployment.name, app_name)
+
+    plans = {}
+    for node in nodes:
+        config = node.deployment.config
+        if force_inline:
+            config = attrs.evolve(config, placement="inline")
+        plans[node.deployment.name] = DeploymentPlan(
+            deployment=node.deployment,
+            config=config,
+            args=tuple(replace_apps(node.args, to_handle)),
+            kwargs=dict(replace_apps(node.kwargs, to_handle)),
+        )
+    return plans
+
+
 class Controller:
     """Owns the applications of one serve instance.
 
     Tasks: one per deployment (its replica set) and the listener for replica processes,
-    all in ``nursery``.
+    all in ``nursery``. That listener holds at most ``max_connections`` connections (one per
+    replica process, and any unauthenticated peers).
     """
 
     def __init__(
-        self, system: actors.ActorSystem, nursery: trio.Nursery, capacity: Capacity | None = None
+        self,
+        system: actors.ActorSystem,
+        nursery: trio.Nursery,
+        capacity: Capacity | None = None,
+        *,
+        max_connections: int,
     ) -> None:
         self.system = system
+        self._max_connections = max_connections
         #: what this host offers, and what each replica holds of it
         self.ledger = Ledger(capacity or detect_capacity())
         self._capacity_freed = trio.Event()
@@ -77,7 +118,10 @@ class Controller:
             host = actors.lowlevel.ActorHost(ControllerAPI(self), calls, name="controller")
             bound, port = await calls.start(
                 lambda task_status: actors.lowlevel.serve_host(
-                    host, token=self.system.token, task_status=task_status
+                    host,
+                    token=self.system.token,
+                    max_connections=self._max_connections,
+                    task_status=task_status,
                 )
             )
             self.address = f"ws://{bound}:{port}"
@@ -234,20 +278,7 @@ class Controller:
                     f"{other.name!r}; choose another or delete that application"
                 )
 
-        def to_handle(a: Application) -> DeploymentHandle:
-            return DeploymentHandle(a.deployment.name, name)
-
-        wanted = {}
-        for node in nodes:
-            config = node.deployment.config
-            if force_inline:
-                config = attrs.evolve(config, placement="inline")
-            wanted[node.deployment.name] = (
-                node.deployment,
-                config,
-                replace_apps(node.args, to_handle),
-                replace_apps(node.kwargs, to_handle),
-            )
+        wanted = plan_deployments(nodes, name, force_inline=force_inline)
         existing = self.apps.get(name)
         if existing is not None and existing.status in (A.RUNNING, A.UNHEALTHY):
             await self._update(existing, app.deployment.name, route_prefix, wanted)
@@ -259,12 +290,12 @@ class Controller:
                 hooks=self,
                 app=name,
                 name=dep_name,
-                deployment=dep,
-                config=config,
-                args=args,
-                kwargs=kwargs,
+                deployment=plan.deployment,
+                config=plan.config,
+                args=plan.args,
+                kwargs=plan.kwargs,
             )
-            for dep_name, (dep, config, args, kwargs) in wanted.items()
+            for dep_name, plan in wanted.items()
         }
         app_state = AppState(
             name=name, ingress=app.deployment.name, route_prefix=route_prefix, deployments=sets
@@ -302,25 +333,27 @@ class Controller:
         app_state: AppState,
         ingress: str,
         route_prefix: str | None,
-        wanted: dict[str, tuple[Any, Any, Any, Any]],
+        wanted: dict[str, DeploymentPlan],
     ) -> None:
         app_state.status = A.DEPLOYING
         removed = [s for n, s in app_state.deployments.items() if n not in wanted]
         try:
             async with trio.open_nursery() as updating:
-                for dep_name, (dep, config, args, kwargs) in wanted.items():
+                for dep_name, plan in wanted.items():
                     current = app_state.deployments.get(dep_name)
                     if current is not None:
-                        updating.start_soon(current.update, dep, config, args, kwargs)
+                        updating.start_soon(
+                            current.update, plan.deployment, plan.config, plan.args, plan.kwargs
+                        )
                     else:
                         new = ReplicaSet(
                             hooks=self,
                             app=app_state.name,
                             name=dep_name,
-                            deployment=dep,
-                            config=config,
-                            args=args,
-                            kwargs=kwargs,
+                            deployment=plan.deployment,
+                            config=plan.config,
+                            args=plan.args,
+                            kwargs=plan.kwargs,
                         )
                         app_state.deployments[dep_name] = new
                         self.changed(new)

@@ -4,12 +4,13 @@ and which replica, if any, this process hosts (``serve.get_replica_context()``).
 from __future__ import annotations
 
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
-from ..exceptions import DeploymentUnavailableError
+from ..exceptions import DeploymentUnavailableError, ServeShutdownError
 
 if TYPE_CHECKING:
     from .router import Router
@@ -42,6 +43,30 @@ def current() -> ServeContext:
 
 def current_or_none() -> ServeContext | None:
     return _current
+
+
+# -- loops that ended with an error (the script API's serve loop crashed)
+
+_crashes: weakref.WeakKeyDictionary[trio.lowlevel.TrioToken, BaseException] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def set_crash(token: trio.lowlevel.TrioToken, error: BaseException) -> None:
+    """Record that the loop of ``token`` ended with ``error``, for its handles to say."""
+    _crashes[token] = error
+
+
+def raise_if_crashed(token: trio.lowlevel.TrioToken, what: str) -> None:
+    """Raise ServeShutdownError, from the error, if the loop of ``token`` ended with one;
+    ``what`` names the call that needed the loop."""
+    crash = _crashes.get(token)
+    if crash is not None:
+        raise ServeShutdownError(
+            f"{what}: the serve instance stopped with an error: {crash!r} (its traceback is "
+            "logged on the 'trioserve' logger); call serve.shutdown(), then serve.run() "
+            "starts a new instance"
+        ) from crash
 
 
 # -- the replica this process hosts

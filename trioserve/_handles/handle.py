@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import trio
 
-from ..exceptions import RequestTimeoutError
+from ..exceptions import RequestTimeoutError, ServeShutdownError
 from . import context as _context
 from .response import (
     DeploymentResponse,
@@ -140,16 +141,26 @@ class DeploymentHandle:
             return run_sync_on_loop(context.trio_token, self._submit, args, kwargs)
         return self._submit(args, kwargs)
 
-    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, upload: bool = False
+    ) -> Any:
         router = self._get_router()
         response: DeploymentResponse | DeploymentResponseGenerator
-        if self.stream:
-            response = DeploymentResponseGenerator(router, self.method_name, args, kwargs)
+        if self.stream or upload:
+            response = DeploymentResponseGenerator(
+                router, self.method_name, args, kwargs, upload=upload
+            )
         else:
             response = DeploymentResponse(router, self.method_name, args, kwargs)
-        response._source = self._source
+        response.source = self._source
         response.multiplexed_model_id = self.multiplexed_model_id
         router.submit(response)
+        return response
+
+    def _remote_duplex(self, *args: Any) -> DeploymentResponseGenerator:
+        """A streaming request with a request stream (``response.upload``), from this
+        handle's own loop: the HTTP proxy sends request bodies and WebSocket messages so."""
+        response: DeploymentResponseGenerator = self._submit(args, {}, upload=True)
         return response
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -187,6 +198,16 @@ def check_not_in_loop(token: trio.lowlevel.TrioToken, what: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _crash_named(token: trio.lowlevel.TrioToken, what: str) -> Iterator[None]:
+    """Say why the loop is gone when it ended with an error (the serve loop crashed)."""
+    try:
+        yield
+    except ServeShutdownError:
+        _context.raise_if_crashed(token, what)
+        raise
+
+
 class SyncHandle:
     """Calls a deployment from plain (non-Trio) threads.
 
@@ -202,14 +223,17 @@ class SyncHandle:
 
     @property
     def deployment_name(self) -> str:
+        """The deployment this handle calls."""
         return self._handle.deployment_name
 
     @property
     def app_name(self) -> str:
+        """The application the deployment belongs to."""
         return self._handle.app_name
 
     @property
     def method_name(self) -> str:
+        """The method ``.remote()`` calls (``__call__`` unless chosen)."""
         return self._handle.method_name
 
     def __repr__(self) -> str:
@@ -249,9 +273,10 @@ class SyncHandle:
                 response._future.add_done_callback(lambda _future: finished.set())
             return response
 
-        response = run_sync_on_loop(self._token, submit)
-        if response._inner is None and not response.done():  # queued: wait for a replica
-            run_on_loop(self._token, response._wait_assigned)
+        with _crash_named(self._token, "SyncHandle.remote()"):
+            response = run_sync_on_loop(self._token, submit)
+            if response._inner is None and not response.done():  # queued: wait for a replica
+                run_on_loop(self._token, response._wait_assigned)
         if handle.stream:
             return SyncResponseGenerator(response, self._token)
         return SyncResponse(response, self._token, finished=finished)
@@ -261,6 +286,8 @@ class SyncHandle:
 
     @property
     def async_handle(self) -> DeploymentHandle:
+        """The :class:`DeploymentHandle` behind this one, for Trio code on the serve
+        instance's loop."""
         return self._handle
 
 
@@ -287,6 +314,7 @@ class SyncResponse(ResponseWrapper):
         self._finished = finished
 
     def done(self) -> bool:
+        """Whether the result (or error) is there; never blocks."""
         return self._response.done()
 
     def result(self, timeout_s: float | None = None) -> Any:
@@ -298,7 +326,8 @@ class SyncResponse(ResponseWrapper):
         if not future.done():
             check_not_in_loop(self._token, "SyncResponse.result()")
             if self._finished is None:
-                run_on_loop(self._token, wait_done, future, timeout_s)
+                with _crash_named(self._token, "SyncResponse.result()"):
+                    run_on_loop(self._token, wait_done, future, timeout_s)
             elif not self._finished.wait(timeout_s):
                 raise RequestTimeoutError(f"no result within timeout_s={timeout_s}")
         return future.result()
@@ -309,6 +338,7 @@ class SyncResponse(ResponseWrapper):
 
     @property
     def replica_id(self) -> str | None:
+        """The replica the request went to (None while queued)."""
         return self._response.replica_id
 
     def __repr__(self) -> str:
@@ -336,10 +366,13 @@ class SyncResponseGenerator:
             except StopAsyncIteration:
                 return False, None
 
-        more, item = run_on_loop(self._token, next_item)
+        with _crash_named(self._token, "iterating a SyncResponseGenerator"):
+            more, item = run_on_loop(self._token, next_item)
         if not more:
             raise StopIteration
         return item
 
     def cancel(self) -> None:
+        """Stop the stream (on the replica too); iterating a stream that had not ended
+        then raises :class:`RequestCancelledError`. After a shutdown, nothing is left."""
         self._response.cancel()

@@ -1,10 +1,13 @@
-"""Typed messages that cross process boundaries between routers and the controller.
+"""Typed messages that cross process boundaries: between routers and the controller, and a
+replica's metrics for the proxy.
 
 They are msgspec Structs, so the runtime's codec carries them as their own type; new fields
 get defaults and are only appended.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -46,3 +49,34 @@ class ModelReport(msgspec.Struct, frozen=True, kw_only=True):
     deployment: str
     replica_id: str
     model_ids: list[str]
+
+
+class MethodLatency(msgspec.Struct, frozen=True, kw_only=True):
+    """One method's latency histogram in a replica: per-bucket counts, sum and count."""
+
+    method: str
+    counts: list[int]
+    total: float
+    n: int
+
+
+class ModelCacheCounters(msgspec.Struct, frozen=True, kw_only=True):
+    """A replica's ``@serve.multiplexed`` model cache."""
+
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    load_seconds: float = 0.0
+    loaded: int = 0
+
+
+class ReplicaMetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replica answers ``__serve_metrics__`` with (for ``/-/metrics``)."""
+
+    requests: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    latency: list[MethodLatency] = []
+    ongoing: int = 0
+    multiplex: ModelCacheCounters | None = None
+    #: ``@serve.batch`` figures of the replica's process (``BatchMetrics`` records)
+    batches: list[Any] = []

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any, Protocol, TypeVar
 
 import trio
 
-from actors import CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
+from actors import ActorRef, CallFuture, CallNotDeliveredError, RejectedError, StreamReceiver
+from actors.lowlevel import StreamSender
 
 from ..exceptions import RequestCancelledError, RequestTimeoutError, ServeShutdownError
 
@@ -111,10 +113,10 @@ class _Request:
         "_method",
         "_replica_id",
         "_router",
-        "_source",
-        "_submitted_at",
         "_token",
         "multiplexed_model_id",
+        "source",
+        "submitted_at",
     )
 
     def __init__(self, router: _Named, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
@@ -125,8 +127,9 @@ class _Request:
         self._inner: CallFuture | StreamReceiver | None = None
         self._assigned: trio.Event | None = None
         self._replica_id: str | None = None
-        self._submitted_at = 0.0
-        self._source = "handle"
+        #: when the router took it, and where it came from ("handle" or "http")
+        self.submitted_at = 0.0
+        self.source = "handle"
         #: the loop the request lives in (responses are made on it), for plain threads
         self._token = trio.lowlevel.current_trio_token()
         #: the caller's Trio deadline when it made the request; it travels to the replica
@@ -134,11 +137,9 @@ class _Request:
         #: the multiplexed model this request is for (``handle.options(...)``), or ""
         self.multiplexed_model_id = ""
 
-    stream = False
-
     # -- chaining
 
-    def _upstream(self) -> list[DeploymentResponse] | None:
+    def pending_upstream(self) -> list[DeploymentResponse] | None:
         """The responses among the arguments that have no value yet; None when the
         arguments hold no response at all (the common case: nothing to substitute)."""
         found: list[DeploymentResponse] = []
@@ -151,7 +152,7 @@ class _Request:
                 seen = _collect(value, found) or seen
         return found if seen else None
 
-    def _substitute(self) -> BaseException | None:
+    def substitute(self) -> BaseException | None:
         """Replace upstream responses by their values; the first upstream error, if any."""
         try:
             self._args = tuple(_resolved(v) for v in self._args)
@@ -160,26 +161,55 @@ class _Request:
             return exc
         return None
 
-    # -- the router's side
+    # -- the router's contract: how a router starts, settles, fails and requeues a request
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def start_call(self, ref: ActorRef, method: str) -> CallFuture | StreamReceiver:
+        """Send the request to the replica behind ``ref`` (as ``method``: the router may
+        name a multiplexed model in it), with what is left of the caller's deadline."""
+        timeout = None
+        if self._deadline != math.inf:
+            timeout = max(0.0, self._deadline - trio.current_time())
+        return self._call(ref, method, timeout)
+
+    def _call(
+        self, ref: ActorRef, method: str, timeout: float | None
+    ) -> CallFuture | StreamReceiver:
+        raise NotImplementedError
 
     def done(self) -> bool:
         raise NotImplementedError
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """End the request with ``error`` (a router's verdict: unavailable, back pressure,
+        the replica died, ...), queued or running."""
         raise NotImplementedError
 
-    def _mark_assigned(self, replica_id: str, inner: CallFuture | StreamReceiver) -> None:
+    def settle(self, inner: CallFuture | StreamReceiver) -> None:
+        """The call ended on its own: its value, or the user's error, is the request's."""
+        raise NotImplementedError
+
+    def assigned(self, replica_id: str, inner: CallFuture | StreamReceiver) -> None:
+        """A replica took the request; ``inner`` is its call there."""
         self._replica_id = replica_id
         self._inner = inner
         if self._assigned is not None:
             self._assigned.set()
 
-    def _unassign(self) -> None:
-        """The replica refused the request; it waits in the queue again."""
+    def requeued(self) -> None:
+        """The replica refused the request (or died before reading it): it waits in the
+        router's queue again."""
         self._replica_id = None
         self._inner = None
         if self._assigned is not None and self._assigned.is_set():
             self._assigned = None  # the next assignment needs a fresh event
+
+    def on_value(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the request has ended (for requests chained to it)."""
+        raise NotImplementedError
 
     async def _wait_assigned(self) -> None:
         """Wait until a replica has the request, or it has failed before that."""
@@ -291,49 +321,145 @@ class DeploymentResponse(_Request):
         if self._assigned is not None:
             self._assigned.set()
 
-    def _fail(self, error: BaseException) -> None:
+    # -- the router's contract
+
+    def _call(self, ref: ActorRef, method: str, timeout: float | None) -> CallFuture:
+        return ref.submit(method, self._args, self._kwargs, timeout=timeout)
+
+    def fail(self, error: BaseException) -> None:
         self._future.set_error(error)
         if self._assigned is not None:
             self._assigned.set()
 
-    def _finish(self, inner: CallFuture) -> None:
+    def settle(self, inner: CallFuture | StreamReceiver) -> None:
+        assert isinstance(inner, CallFuture)
         error = inner.exception()
         if error is not None:
             self._future.set_error(error)
         else:
             self._future.set_result(inner.result())
 
+    def on_value(self, callback: Callable[[], None]) -> None:
+        self._future.add_done_callback(lambda _future: callback())
+
     def __repr__(self) -> str:
         state = "done" if self.done() else ("running" if self._inner else "queued")
         return f"<DeploymentResponse {self._router.name}.{self._method} {state}>"
 
 
+class RequestUpload:
+    """The request stream of a duplex request (an HTTP body, WebSocket messages): what
+    :meth:`send` sends reaches the replica the request is assigned to, at the pace that
+    replica reads (its credit). Nothing is sent before a replica has admitted the request,
+    so one that is refused and requeued loses nothing: sending resumes at the next replica.
+    Once the request has ended, ``send`` raises ``trio.BrokenResourceError``."""
+
+    __slots__ = ("_closed", "_ended", "_lot", "_request", "_sender")
+
+    def __init__(self, request: DeploymentResponseGenerator) -> None:
+        self._request = request
+        self._sender: StreamSender | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._ended = False
+
+    # -- the request's side
+
+    def attach(self, sender: StreamSender) -> None:
+        self._sender = sender
+        if self._ended:
+            sender.end()
+        self._lot.unpark_all()
+
+    def detach(self) -> None:
+        self._sender = None
+
+    def close(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    # -- the sender's side
+
+    async def send(self, item: Any) -> None:
+        """Send one item; waits for a replica, and for its credit."""
+        while True:
+            if self._closed:
+                raise trio.BrokenResourceError(f"{self._request!r} has ended")
+            sender = self._sender
+            if sender is None:
+                await self._lot.park()  # queued: wait for a replica
+                continue
+            try:
+                await sender.send(item)
+                return
+            except trio.BrokenResourceError:
+                if self._closed or self._sender is sender:
+                    raise
+                # the replica refused it and the router requeued it: the next one gets it
+
+    def end(self) -> None:
+        """No more items (idempotent)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._sender is not None:
+            self._sender.end()
+
+
 class DeploymentResponseGenerator(_Request):
     """The items of a streaming request: ``async for item in response``."""
 
-    __slots__ = ("_error", "_finished")
-    stream = True
+    __slots__ = ("_error", "_finished", "upload")
 
     def __init__(
-        self, router: _Named, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        router: _Named,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        upload: bool = False,
     ) -> None:
         super().__init__(router, method, args, kwargs)
         self._error: BaseException | None = None
         self._finished = False
+        #: a duplex request's request stream (HTTP bodies and WebSocket messages)
+        self.upload: RequestUpload | None = RequestUpload(self) if upload else None
 
     def done(self) -> bool:
         return self._finished
 
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
+    # -- the router's contract
+
+    def _call(self, ref: ActorRef, method: str, timeout: float | None) -> StreamReceiver:
+        if self.upload is None:
+            return ref.submit_stream(method, self._args, self._kwargs, timeout=timeout)
+        receiver, sender = ref.submit_duplex(method, self._args, self._kwargs, timeout=timeout)
+        self.upload.attach(sender)
+        return receiver
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error  # the first verdict stands
+        self._end()
+
+    def settle(self, inner: CallFuture | StreamReceiver) -> None:
+        self._end()
+
+    def _end(self) -> None:
         self._finished = True
         if self._assigned is not None:
             self._assigned.set()
+        if self.upload is not None:
+            self.upload.close()
 
-    def _finish_stream(self, error: BaseException | None) -> None:
-        if error is not None and self._error is None:
-            self._error = error
-        self._finished = True
+    def requeued(self) -> None:
+        super().requeued()
+        if self.upload is not None:
+            self.upload.detach()
+
+    def on_value(self, callback: Callable[[], None]) -> None:
+        raise TypeError("a streaming response cannot be passed to another request")
 
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
@@ -382,7 +508,7 @@ class DeploymentResponseGenerator(_Request):
                 trio.from_thread.run_sync(self.cancel, trio_token=self._token)
             return
         if not self._finished:
-            self._fail(RequestCancelledError(f"stream from {self._router.name} was cancelled"))
+            self.fail(RequestCancelledError(f"stream from {self._router.name} was cancelled"))
         inner = self._inner
         if inner is not None:
             inner.cancel()

@@ -13,7 +13,6 @@ callback-driven, so a request costs no task of its own.
 from __future__ import annotations
 
 import collections
-import math
 import random
 from collections.abc import Callable
 from functools import partial
@@ -26,12 +25,10 @@ from actors import (
     ActorDiedError,
     ActorRef,
     CallCancelledError,
-    CallFuture,
     CallNotDeliveredError,
     DeadlineExceededError,
     MessageTooLargeError,
     RejectedError,
-    StreamReceiver,
 )
 
 from .._metrics import Histogram
@@ -45,7 +42,7 @@ from ..exceptions import (
 )
 from .balance import pick_replica, pick_replica_for_model
 from .messages import MODEL_SEP
-from .response import DeploymentResponse, DeploymentResponseGenerator, _Request
+from .response import _Request
 
 REJECT_BACKOFF_S = 0.002
 #: how long a model sent to a replica counts as held there without a report saying so
@@ -141,14 +138,14 @@ class Router:
         self._slots = []
         queue, self._queue = self._queue, collections.deque()
         for req in queue:
-            req._fail(DeploymentUnavailableError(reason, deployment=self.name))
+            req.fail(DeploymentUnavailableError(reason, deployment=self.name))
 
     @property
     def replica_ids(self) -> list[str]:
         return [s.replica_id for s in self._slots]
 
     def queued_by_source(self, source: str) -> int:
-        return sum(1 for r in self._queue if r._source == source and not r.done())
+        return sum(1 for r in self._queue if r.source == source and not r.done())
 
     def stats(self) -> RouterStats:
         return RouterStats(
@@ -161,47 +158,47 @@ class Router:
 
     def submit(self, req: _Request) -> None:
         """Take a new request: resolve chained arguments, then assign or queue it."""
-        source = req._source
+        source = req.source
         self.requests[source] = self.requests.get(source, 0) + 1
-        req._submitted_at = trio.current_time()
+        req.submitted_at = trio.current_time()
         if self.unavailable is not None:
             self._count_error(req)
-            req._fail(DeploymentUnavailableError(self.unavailable, deployment=self.name))
+            req.fail(DeploymentUnavailableError(self.unavailable, deployment=self.name))
             return
-        upstream = req._upstream()
+        upstream = req.pending_upstream()
         if upstream is None:
             self._enqueue(req)
             return
         if not upstream:  # every response it holds has its value already
-            error = req._substitute()
+            error = req.substitute()
             if error is not None:
                 self._count_error(req)
-                req._fail(error)
+                req.fail(error)
             else:
                 self._enqueue(req)
             return
         if self._queue_full():  # waiting for its arguments is waiting too
             self._count_error(req)
-            req._fail(BackPressureError(self.name, self._waiting(), self.max_queued))
+            req.fail(BackPressureError(self.name, self._waiting(), self.max_queued))
             return
         self.resolving += 1
         remaining = [len(upstream)]
 
-        def on_upstream_done(_fut: CallFuture) -> None:
+        def on_upstream_done() -> None:
             remaining[0] -= 1
             if remaining[0]:
                 return
             self.resolving -= 1
             if req.done():
                 return
-            error = req._substitute()
+            error = req.substitute()
             if error is not None:
-                req._fail(error)
+                req.fail(error)
             else:
                 self._enqueue(req, admitted=True)
 
         for resp in upstream:
-            resp._future.add_done_callback(on_upstream_done)
+            resp.on_value(on_upstream_done)
 
     def _enqueue(self, req: _Request, *, admitted: bool = False) -> None:
         """Assign ``req`` or queue it; a new request (not ``admitted`` while its arguments
@@ -210,7 +207,7 @@ class Router:
             return
         if not admitted and self._queue_full():
             self._count_error(req)
-            req._fail(BackPressureError(self.name, self._waiting(), self.max_queued))
+            req.fail(BackPressureError(self.name, self._waiting(), self.max_queued))
             return
         self._queue.append(req)
         if not self._slots and self.on_pressure is not None:
@@ -256,19 +253,12 @@ class Router:
 
     def _assign(self, req: _Request) -> bool:
         model_id = req.multiplexed_model_id
-        method = f"{req._method}{MODEL_SEP}{model_id}" if model_id else req._method
+        method = f"{req.method}{MODEL_SEP}{model_id}" if model_id else req.method
         while True:
             slot = self._pick(model_id)
             if slot is None:
                 return False
-            inner: CallFuture | StreamReceiver
-            timeout = None
-            if req._deadline != math.inf:
-                timeout = max(0.0, req._deadline - trio.current_time())
-            if req.stream:
-                inner = slot.ref.submit_stream(method, req._args, req._kwargs, timeout=timeout)
-            else:
-                inner = slot.ref.submit(method, req._args, req._kwargs, timeout=timeout)
+            inner = req.start_call(slot.ref, method)
             if model_id and model_id not in slot.models:
                 slot.models.add(model_id)  # it will hold it: send the next ones there too
                 slot.sent[model_id] = trio.current_time()
@@ -277,50 +267,58 @@ class Router:
                 self._slots = [s for s in self._slots if s is not slot]
                 continue
             slot.in_flight += 1
-            self.ongoing[req._source] = self.ongoing.get(req._source, 0) + 1
-            req._mark_assigned(slot.replica_id, inner)
+            self.ongoing[req.source] = self.ongoing.get(req.source, 0) + 1
+            req.assigned(slot.replica_id, inner)
             inner.add_done_callback(partial(self._on_done, slot, req))
             return True
 
     def _count_error(self, req: _Request) -> None:
-        self.errors[req._source] = self.errors.get(req._source, 0) + 1
+        self.errors[req.source] = self.errors.get(req.source, 0) + 1
 
     def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
         slot.in_flight -= 1
-        self.ongoing[req._source] -= 1
+        self.ongoing[req.source] -= 1
         error = inner.exception()
         if type(error) is RejectedError and not req.done():
             slot.blocked_until = trio.current_time() + REJECT_BACKOFF_S
-            req._unassign()
+            req.requeued()
             self._queue.appendleft(req)
             self._schedule_retry()
             return
         if type(error) is CallNotDeliveredError and not req.done():
             # the replica died before reading it: it never ran, another replica takes it
             self._slots = [s for s in self._slots if s is not slot]
-            req._unassign()
+            req.requeued()
             self._queue.appendleft(req)
             self._drain()
             return
         now = trio.current_time()
-        self.latency.observe((("source", req._source),), now - req._submitted_at)
+        self.latency.observe((("source", req.source),), now - req.submitted_at)
         if error is not None:
             self._count_error(req)
+        translated = self._translate(slot, error) if error is not None else None
+        if translated is not None:
+            req.fail(translated)
+        else:
+            req.settle(inner)
+        self._drain()
+
+    def _translate(self, slot: ReplicaSlot, error: BaseException) -> BaseException | None:
+        """The serve error a runtime error of a call becomes (None: the user's own error,
+        which the request ends with as it is). The one seam where actors' errors become
+        trioserve's, for unary and streaming requests alike."""
         if isinstance(error, ActorDiedError):
-            self._fail_or_end(
-                req,
-                ReplicaDiedError(
-                    f"replica {slot.replica_id} of {self.name} died while handling the "
-                    f"request: {error}",
-                    deployment=self.name,
-                    replica_id=slot.replica_id,
-                ),
+            return ReplicaDiedError(
+                f"replica {slot.replica_id} of {self.name} died while handling the "
+                f"request: {error}",
+                deployment=self.name,
+                replica_id=slot.replica_id,
             )
-        elif isinstance(error, CallCancelledError):
-            self._fail_or_end(req, RequestCancelledError(str(error)))
-        elif isinstance(error, DeadlineExceededError):
-            self._fail_or_end(req, RequestTimeoutError(f"{self.name}: {error}"))
-        elif isinstance(error, MessageTooLargeError):
+        if isinstance(error, CallCancelledError):
+            return RequestCancelledError(str(error))
+        if isinstance(error, DeadlineExceededError):
+            return RequestTimeoutError(f"{self.name}: {error}")
+        if isinstance(error, MessageTooLargeError):
             too_large = RequestTooLargeError(
                 f"{self.name}: a message of {error.size} bytes is over the limit of "
                 f"{error.limit}; send less, or raise the deployment's max_message_size option",
@@ -329,20 +327,8 @@ class Router:
                 limit=error.limit,
             )
             too_large.__cause__ = error
-            self._fail_or_end(req, too_large)
-        else:
-            if isinstance(req, DeploymentResponse):
-                req._finish(inner)
-            elif isinstance(req, DeploymentResponseGenerator):
-                req._finish_stream(error)
-        self._drain()
-
-    @staticmethod
-    def _fail_or_end(req: _Request, error: BaseException) -> None:
-        if isinstance(req, DeploymentResponseGenerator):
-            req._finish_stream(error)
-        else:
-            req._fail(error)
+            return too_large
+        return None
 
     def _drain(self) -> None:
         queue = self._queue

@@ -5,6 +5,7 @@ failures to status codes, and serves the operations endpoints under ``/-/``."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import uuid
@@ -16,17 +17,30 @@ import attrs
 import msgspec
 import trio
 
+from .._exchange import (
+    RequestHead,
+    WSAccept,
+    WSClose,
+    WSMessage,
+    decode_start,
+    decode_ws_event,
+    encode,
+    ws_message,
+)
 from .._handles.context import ServeContext
 from .._handles.handle import DeploymentHandle
+from .._handles.messages import ReplicaMetricsSnapshot
+from .._handles.response import DeploymentResponseGenerator
 from .._metrics import Counter, Gauge, Histogram, Labels, render
 from .._replica.batching import (
     BATCH_SIZE_BUCKETS,
     BATCH_WAIT_BUCKETS_S,
     snapshot_batch_metrics,
 )
-from .._replica.http import HTTPRequest, request_meta
+from .._replica.http import HTTPRequest
 from ..exceptions import BackPressureError, DeploymentUnavailableError
-from .server import HTTPReply, plain
+from .server import BodyRefusedError, HTTPReply, plain
+from .websocket import ServerWebSocket, WebSocketDisconnect
 
 if TYPE_CHECKING:
     from .._control.controller import Controller
@@ -45,6 +59,8 @@ METRICS_TIMEOUT_S = 2.0
 LATE_ERROR_WAIT_S = 1.0
 #: the longest ``x-request-id`` taken from a client (a longer one is replaced)
 MAX_REQUEST_ID_CHARS = 200
+#: how long an app may take to end its WebSocket session once the client has closed
+WS_CLOSE_GRACE_S = 2.0
 logger = logging.getLogger("trioserve")
 access_logger = logging.getLogger("trioserve.access")
 
@@ -107,10 +123,99 @@ async def _collect(stream: Any) -> bytes:
     return b"".join(parts)
 
 
-class HTTPProxy:
-    """Answers HTTP requests for a serve instance (served by ``_http_server.serve_http``).
+class _Relay:
+    """The body chunks of a streamed response, until its end or ``deadline`` (then the
+    stream is cancelled and the body cut). Closing it before the end -- the client left,
+    even before the first chunk -- cancels the stream, so the replica's slot is freed (an
+    async generator that never started would run none of its cleanup)."""
 
-    Starts no tasks: each request runs in the server's task for it. A streamed body is
+    def __init__(self, proxy: HTTPProxy, stream: Any, deadline: float, where: _Where) -> None:
+        self._proxy = proxy
+        self._stream = stream
+        self._deadline = deadline
+        self._where = where
+        self._finished = False
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._finished:
+            raise StopAsyncIteration
+        where = self._where
+        chunk: Any = None
+        try:
+            with trio.move_on_at(self._deadline) as timer:
+                chunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._finished = True
+            raise
+        except Exception as exc:
+            self._proxy._log_error(exc, where, self._stream, mid_stream=True)
+            await self.aclose()
+            raise
+        if timer.cancelled_caught:
+            limit = self._proxy.request_timeout_s
+            logger.warning(
+                "request %s %s: streamed response cut after request_timeout_s=%s",
+                where.request_id,
+                where.path,
+                limit,
+            )
+            await self.aclose()
+            raise _StreamTimeoutError(f"streamed response cut after request_timeout_s={limit}")
+        if chunk is None:  # the body is complete; the call may go on
+            self._finished = True
+            raise StopAsyncIteration
+        return bytes(chunk)
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._stream.cancel()
+        await trio.lowlevel.checkpoint()
+
+
+class _LoggedBody:
+    """A streamed body that writes its access-log line once it ends, or is cut."""
+
+    def __init__(self, body: AsyncIterator[bytes], line: Any) -> None:
+        self._body = body
+        self._line = line
+        self._logged = False
+
+    def __aiter__(self) -> _LoggedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._body)
+        except StopAsyncIteration:
+            self._log("")
+            raise
+        except BaseException:  # why: a failed or cancelled body is logged as cut; re-raised
+            self._log(" (cut)")
+            raise
+
+    def _log(self, outcome: str) -> None:
+        if not self._logged:
+            self._logged = True
+            self._line(outcome)
+
+    async def aclose(self) -> None:
+        self._log(" (cut)")
+        aclose = getattr(self._body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class HTTPProxy:
+    """Answers HTTP requests and WebSockets for a serve instance (served by an
+    ``HTTPServer``), through ordinary handles to each application's ingress deployment.
+
+    Tasks: each request runs in the server's task for it; a request body that streams (a
+    large or chunked one) is sent to the replica by a task of its own in ``nursery``, which
+    ends when the body has been sent or the request has ended. A streamed response is
     relayed as the server sends it; if that is cancelled midway, the replica's call is
     cancelled with it."""
 
@@ -119,18 +224,20 @@ class HTTPProxy:
         instance: ProxyHost,
         controller: Controller,
         *,
+        nursery: trio.Nursery,
         request_timeout_s: float | None = None,
         show_tracebacks: bool = False,
         access_log: bool = False,
     ) -> None:
         self._instance = instance
         self._controller = controller
+        self._nursery = nursery
         self.request_timeout_s = request_timeout_s
         self.show_tracebacks = show_tracebacks
         #: log one line per request (method, path, status, duration, request id) to the
         #: ``trioserve.access`` logger
         self.access_log = access_log
-        self._handles: dict[tuple[str, str], DeploymentHandle] = {}
+        self._handles: dict[tuple[str, str, str], DeploymentHandle] = {}
         self.requests = Counter(
             "trioserve_http_requests_total",
             "HTTP requests answered, by application, ingress deployment and status",
@@ -169,13 +276,13 @@ class HTTPProxy:
             return f"application {app!r} is being deleted"
         return None
 
-    def _handle(self, app: str) -> DeploymentHandle:
+    def _handle(self, app: str, method: str = "__serve_http__") -> DeploymentHandle:
         ingress = self._controller.app_ingress(app)
-        key = (app, ingress)
+        key = (app, ingress, method)
         handle = self._handles.get(key)
         if handle is None:
             handle = DeploymentHandle(
-                ingress, app, method_name="__serve_http__", stream=True, _context=self._instance
+                ingress, app, method_name=method, stream=True, _context=self._instance
             )
             handle._source = "http"
             self._handles[key] = handle
@@ -189,6 +296,8 @@ class HTTPProxy:
         request_id = _request_id(request)
         if request.path.startswith("/-/"):
             reply = await self._operations(request)
+        elif request.websocket is not None:
+            reply = await self._websocket(request, request.websocket, request_id)
         else:
             reply = await self._route(request, request_id, started)
         reply.headers = [(k, v) for k, v in reply.headers if k.lower() != "x-request-id"]
@@ -201,7 +310,7 @@ class HTTPProxy:
         app = self.match(request.path)
         if app is None:
             self.requests.inc((("application", ""), ("deployment", ""), ("status", "404")))
-            return plain(404, f"no application serves {request.path}\n")
+            return plain(404, "no application serves this path\n")
         reason = self._unavailable(app)
         if reason is not None:
             ingress = self._controller.apps[app].ingress
@@ -222,29 +331,29 @@ class HTTPProxy:
         self, app: str, handle: DeploymentHandle, request: HTTPRequest, request_id: str
     ) -> HTTPReply:
         route_prefix = self._controller.apps[app].route_prefix or "/"
-        server = None
-        if self._instance.http_port is not None:
-            server = (self._instance.http_host, self._instance.http_port)
-        meta = request_meta(
-            request, route_prefix=route_prefix, request_id=request_id, server=server
-        )
+        head = self._head(request, route_prefix, request_id)
         model_id = request.headers.get(MODEL_ID_HEADER)
         if model_id:
             handle = handle.options(multiplexed_model_id=model_id)
-        stream = handle.remote(meta, request.body)
+        stream: Any
+        if request.body_stream is None:
+            stream = handle.remote(encode(head))
+        else:
+            stream = handle._remote_duplex(encode(head))
+            self._nursery.start_soon(self._send_body, request.body_stream, stream)
         where = _Where(request_id, request.method, request.path, app, route_prefix, handle)
         deadline = trio.current_time() + (self.request_timeout_s or math.inf)
         try:
             with trio.move_on_at(deadline) as timer:
-                head = await stream.__anext__()
-                status, headers = int(head[0]), [(str(k), str(v)) for k, v in head[1]]
+                start = decode_start(await stream.__anext__())
+                status, headers = start.status, start.headers
                 body: bytes | AsyncIterator[bytes]
-                if head[2]:
+                if start.whole:
                     body = await stream.__anext__()
                 elif _header(headers, "content-length") is not None:
                     body = await _collect(stream)  # its length is known: no chunking
                 else:
-                    body = self._relay(stream, deadline, where)
+                    body = _Relay(self, stream, deadline, where)
                 if status >= 500 and isinstance(body, bytes):
                     await self._log_late_error(stream, where, deadline)
             if timer.cancelled_caught:
@@ -261,36 +370,129 @@ class HTTPProxy:
         headers = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
         return HTTPReply(status, headers, body)
 
-    async def _relay(self, stream: Any, deadline: float, where: _Where) -> AsyncIterator[bytes]:
-        """The body chunks of a streamed response, until its end or ``deadline`` (then the
-        stream is cancelled and the body cut); leaving early cancels the stream too."""
-        finished = False
+    def _head(self, request: HTTPRequest, route_prefix: str, request_id: str) -> RequestHead:
+        server = None
+        if self._instance.http_port is not None:
+            server = (self._instance.http_host, self._instance.http_port)
+        return RequestHead(
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string,
+            headers=list(request.headers.items()),
+            client=request.client,
+            server=server,
+            route_prefix=route_prefix,
+            request_id=request_id,
+            body=request.body,
+            more_body=request.body_stream is not None,
+            kind="websocket" if request.websocket is not None else "http",
+        )
+
+    @staticmethod
+    async def _send_body(body: Any, stream: DeploymentResponseGenerator) -> None:
+        """Send a request body that streams to the replica answering it, chunk by chunk
+        at the pace it reads (its credit), so the proxy holds no more than a chunk or two
+        of it. Ends when the body has been sent, or the request ended (then nobody reads
+        the rest: the server closes the connection after its answer)."""
+        upload = stream.upload
+        assert upload is not None
         try:
-            while True:
-                chunk: Any = None
-                with trio.move_on_at(deadline) as timer:
-                    try:
-                        chunk = await stream.__anext__()
-                    except StopAsyncIteration:
-                        finished = True
-                        return
-                if timer.cancelled_caught:
-                    raise _StreamTimeoutError(
-                        f"streamed response cut after request_timeout_s={self.request_timeout_s}"
-                    )
-                if chunk is None:  # the body is complete; the call may go on
-                    finished = True
-                    return
-                yield bytes(chunk)  # outside the cancel scope: never yield inside one
-        except _StreamTimeoutError as exc:
-            logger.warning("request %s %s: %s", where.request_id, where.path, exc)
-            raise
-        except Exception as exc:
-            self._log_error(exc, where, stream, mid_stream=True)
-            raise
-        finally:
-            if not finished:
+            async for chunk in body:
+                await upload.send(chunk)
+            upload.end()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the request ended (answered, failed or cancelled)
+        except BodyRefusedError:
+            stream.cancel()  # too large or too slow: the server answers it (413, 408)
+        except Exception:  # why: a broken connection ends the request, as a disconnect does
+            logger.debug("reading a request body failed", exc_info=True)
+            stream.cancel()
+
+    # -- WebSockets
+
+    async def _websocket(
+        self, request: HTTPRequest, ws: ServerWebSocket, request_id: str
+    ) -> HTTPReply:
+        """Relay a WebSocket session between the client and the application's ingress
+        replica (an ASGI app's ``websocket`` routes). Until the app accepts, refusals are
+        HTTP answers (404, 503, 403); afterwards this returns once the session is over."""
+        app = self.match(request.path)
+        if app is None:
+            return plain(404, "no application serves this path\n")
+        reason = self._unavailable(app)
+        if reason is not None:
+            return plain(503, f"{reason}\n")
+        handle = self._handle(app, "__serve_ws__")
+        route_prefix = self._controller.apps[app].route_prefix or "/"
+        stream = handle._remote_duplex(encode(self._head(request, route_prefix, request_id)))
+        where = _Where(request_id, "WEBSOCKET", request.path, app, route_prefix, handle)
+        labels: Labels = (("application", app), ("deployment", handle.deployment_name))
+        try:
+            with trio.move_on_after(self.request_timeout_s or math.inf) as timer:
+                first = decode_ws_event(await stream.__anext__())
+            if timer.cancelled_caught:
                 stream.cancel()
+                return plain(504, f"WebSocket not accepted within {self.request_timeout_s}s\n")
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            return plain(503, f"{exc}\n")
+        except Exception as exc:
+            self._log_error(exc, where, stream)
+            return self._error_reply(exc)
+        if not isinstance(first, WSAccept):
+            stream.cancel()
+            self.requests.inc((*labels, ("status", "403")))
+            return plain(403, "the application refused the WebSocket\n")
+        await ws.accept(first.subprotocol, first.headers)
+        self.requests.inc((*labels, ("status", "101")))
+        self.ongoing.inc(labels)
+        try:
+            await self._relay_websocket(ws, stream, where)
+        finally:
+            self.ongoing.inc(labels, -1)
+            stream.cancel()
+        return HTTPReply(101, [])
+
+    async def _relay_websocket(
+        self, ws: ServerWebSocket, stream: DeploymentResponseGenerator, where: _Where
+    ) -> None:
+        """Messages both ways until either side closes: the app's close reaches the
+        client; the client's close reaches the app, which then has ``WS_CLOSE_GRACE_S``
+        to end its session."""
+        upload = stream.upload
+        assert upload is not None
+
+        async def from_client(done: trio.CancelScope) -> None:
+            try:
+                while True:
+                    message = await ws.receive()
+                    await upload.send(encode(ws_message(message)))
+            except WebSocketDisconnect as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await upload.send(encode(WSClose(code=exc.code, reason=exc.reason)))
+                upload.end()
+                done.deadline = min(done.deadline, trio.current_time() + WS_CLOSE_GRACE_S)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the app's side ended first
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_client, nursery.cancel_scope)
+            code, reason = 1000, ""
+            try:
+                async for item in stream:
+                    event = decode_ws_event(item)
+                    if isinstance(event, WSMessage):
+                        await ws.send(event.payload)
+                    elif isinstance(event, WSClose):
+                        code, reason = event.code, event.reason
+                        break
+            except WebSocketDisconnect:
+                pass  # the client is gone; its close reached (or will reach) the app
+            except Exception as exc:
+                self._log_error(exc, where, stream, mid_stream=True)
+                code, reason = 1011, "internal error"
+            with contextlib.suppress(WebSocketDisconnect):
+                await ws.close(code, reason)
+            nursery.cancel_scope.cancel()
 
     async def _log_late_error(self, stream: Any, where: _Where, deadline: float) -> None:
         """An app answered 5xx (Starlette's error middleware answers 500, then re-raises):
@@ -355,16 +557,7 @@ class HTTPProxy:
             line()
             return body
 
-        async def relay(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-            outcome = " (cut)"
-            try:
-                async for chunk in chunks:
-                    yield chunk
-                outcome = ""
-            finally:
-                line(outcome)
-
-        return relay(body)
+        return _LoggedBody(body, line)
 
     # -- operations
 
@@ -414,7 +607,7 @@ class HTTPProxy:
             if entry is not None:
                 handle_latency.merge(labels, *entry)
             queued.set(labels, router.queued_by_source("handle") + router.resolving)
-            if (app, dep) in self._handles:
+            if (app, dep, "__serve_http__") in self._handles:
                 http_queued.set(labels, router.queued_by_source("http"))
             ongoing.set(labels, router.ongoing.get("handle", 0))
         replicas_gauge = Gauge("trioserve_replicas", "Replicas by deployment and state")
@@ -476,7 +669,7 @@ class HTTPProxy:
                     targets.append(
                         ((("application", app_state.name), ("deployment", state.name)), actor.ref)
                     )
-        results: list[tuple[Labels, dict[str, Any]]] = []
+        results: list[tuple[Labels, ReplicaMetricsSnapshot]] = []
 
         async def fetch(labels: Labels, ref: Any) -> None:
             with trio.move_on_after(METRICS_TIMEOUT_S):
@@ -489,13 +682,13 @@ class HTTPProxy:
             for target_labels, ref in targets:
                 nursery.start_soon(fetch, target_labels, ref)
         for base, snapshot in results:
-            ongoing.inc(base, snapshot.get("ongoing", 0))
-            for method, count in snapshot["requests"].items():
+            ongoing.inc(base, snapshot.ongoing)
+            for method, count in snapshot.requests.items():
                 requests.inc((*base, ("method", method)), count)
-            for method, count in snapshot["errors"].items():
+            for method, count in snapshot.errors.items():
                 errors.inc((*base, ("method", method)), count)
-            for method, counts, total, n in snapshot["latency"]:
-                latency.merge((*base, ("method", method)), counts, total, n)
+            for entry in snapshot.latency:
+                latency.merge((*base, ("method", entry.method)), entry.counts, entry.total, entry.n)
         return requests, errors, latency, ongoing, _model_metrics(results)
 
 
@@ -513,7 +706,7 @@ MODEL_ID_HEADER = "serve_multiplexed_model_id"
 
 
 def _model_metrics(
-    results: list[tuple[Labels, dict[str, Any]]],
+    results: list[tuple[Labels, ReplicaMetricsSnapshot]],
 ) -> list[Counter | Gauge | Histogram]:
     """``@serve.batch`` and ``@serve.multiplexed`` families from replica snapshots (and the
     serve process's own batches, which inline replicas run)."""
@@ -533,13 +726,13 @@ def _model_metrics(
     hits = Counter("trioserve_multiplexed_cache_hits_total", "Requests whose model was loaded")
     misses = Counter("trioserve_multiplexed_cache_misses_total", "Requests that loaded a model")
     for base, snapshot in results:
-        for batch in snapshot.get("batches", []):
+        for batch in snapshot.batches:
             batch.merge_into(sizes, waits, (*base, ("function", batch.function)))
-        stats = snapshot.get("multiplex")
-        if stats:
-            loaded.inc(base, stats["loaded"])
-            loads.inc(base, stats["loads"])
-            load_s.inc(base, round(stats["load_seconds"], 6))
-            hits.inc(base, stats["hits"])
-            misses.inc(base, stats["misses"])
+        stats = snapshot.multiplex
+        if stats is not None:
+            loaded.inc(base, stats.loaded)
+            loads.inc(base, stats.loads)
+            load_s.inc(base, round(stats.load_seconds, 6))
+            hits.inc(base, stats.hits)
+            misses.inc(base, stats.misses)
     return [sizes, waits, loaded, loads, load_s, hits, misses]

@@ -6,7 +6,14 @@ connections, and a client whose connection breaks cancels its request's handler.
 that only half-closes (shuts down its sending side after a complete request) still gets its
 answer. Malformed HTTP gets a 400 (an unsupported HTTP version 505, ``CONNECT`` 501) and
 closes only that connection; error bodies are fixed texts, never the request's bytes.
-Draining stops accepting connections, closes idle ones, and lets requests in flight finish.
+Draining stops accepting connections, closes idle ones, and lets requests in flight finish;
+open websockets are closed (1001).
+
+A body with a ``content-length`` up to ``inline_body_bytes`` is read before the handler runs
+(``HTTPRequest.body``); a larger or chunked one is streamed (``HTTPRequest.body_stream``, a
+:class:`RequestBody`): read from the socket only as the handler asks, so a handler that does
+not read holds the client back. A websocket upgrade gets ``HTTPRequest.websocket`` (see
+``websocket.py``).
 
 The pure parts (what is wrong with a request head, which headers frame a response, when to
 log a warning again) are plain functions and classes below; the tasks and sockets are
@@ -23,15 +30,24 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import h11
 import trio
 
 from .._replica.http import Request
+from .websocket import (
+    ServerWebSocket,
+    WebSocketDisconnect,
+    handshake_problem,
+    is_websocket_upgrade,
+    offered_subprotocols,
+)
 
 RECEIVE_SIZE = 64 * 1024
+#: the most a streamed body's ``read()`` returns at once
+READ_SIZE = 64 * 1024
 #: body events parsed from data already received, between two checkpoints (1-byte chunks)
 EVENTS_PER_CHECKPOINT = 64
 #: warnings about refused connections or failing accepts: at most one line per this
@@ -42,20 +58,37 @@ ACCEPT_BACKOFF_MAX_S = 1.0
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: how long cleanup (closing a socket, a response body) may take once cancelled
 CLEANUP_S = 1.0
-#: after a client's EOF, the pause before the next ``100 Continue`` probe (doubling up to
-#: the maximum): a peer that closed for good answers the first with a reset, so the second
-#: fails (one round trip), while a half-closed peer takes them and waits for its answer
 #: reading a body of known length, wake up only once this much of it (or its end) is in:
 #: a client writing 1 byte at a time does not cost a wake-up per byte (``SO_RCVLOWAT``)
 BODY_LOW_WATER = 16 * 1024
+#: after a client's EOF, the pause before the next ``100 Continue`` probe (doubling up to
+#: the maximum): a peer that closed for good answers the first with a reset, so the second
+#: fails (one round trip), while a half-closed peer takes them and waits for its answer
 PROBE_FIRST_DELAY_S = 0.01
 PROBE_MAX_DELAY_S = 1.0
+#: closing after an answer that left the request body unread, what of the rest the client
+#: still sends is dropped for this long (or this much) first, so that the close does not
+#: reset the connection under the answer before the client read it (a lingering close)
+LINGER_S = 1.0
+LINGER_BYTES = 1024 * 1024
 logger = logging.getLogger("trioserve.http")
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"HTTPLimits.{attribute.name} must be > 0, got {value}")
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"HTTPLimits.{attribute.name} must be >= 0, got {value}")
+
+
+def _positive_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -69,12 +102,23 @@ class HTTPLimits:
     #: time allowed for a request head, from the connection's start (first request) or
     #: from the head's first byte (later requests on a keep-alive connection)
     header_timeout_s: float = 10.0
+    #: a body read before the handler runs must be in within this time; a streamed one
+    #: bounds each wait for more of it inside ``RequestBody.read()`` instead (a long upload
+    #: that keeps sending is never cut off, one that stalls this long is: 408)
     body_timeout_s: float = 60.0
+    #: a body with a ``content-length`` up to this is read whole before the handler runs
+    #: (``HTTPRequest.body``); a larger or chunked one is streamed (``body_stream``)
+    inline_body_bytes: int = attrs.field(default=64 * 1024, validator=_not_negative)
     #: time allowed for each write to the client; a client that stops reading is cut off
     send_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     #: open connections at most; beyond it a new one gets 503 at once. 512 leaves half of
     #: the usual default file-descriptor limit (1024) for replica links, listeners and logs
     max_connections: int = attrs.field(default=512, validator=_positive)
+    #: a websocket message from a client (all its fragments) at most; past it, close 1009
+    max_websocket_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    #: a websocket whose client sends nothing for this long while the handler waits for a
+    #: message is closed (1001); ``None``: never
+    websocket_idle_timeout_s: float | None = attrs.field(default=None, validator=_positive_or_none)
 
 
 @attrs.define
@@ -97,6 +141,22 @@ class _ClientGone(Exception):
     or it closed its side before its request was complete."""
 
 
+class BodyRefusedError(Exception):
+    """A streamed request body was refused (:meth:`RequestBody.read`): past
+    ``max_body_bytes`` (413), stalled past ``body_timeout_s`` (408), malformed (400). The
+    server answers ``status`` with ``connection: close`` (if no answer has begun), whatever
+    the handler returns."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(status, text)
+        self.status = status
+        #: the answer's fixed text
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.text}"
+
+
 # -- the pure parts
 
 
@@ -115,6 +175,29 @@ def reason_phrase(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         return b""
+
+
+def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The ``(host, port)`` a socket stream is connected to; ``None`` for other streams."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        address = stream.socket.getpeername()
+    except OSError:  # already reset by the peer
+        return None
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def header_map(event: h11.Request) -> dict[str, str]:
+    """A request's headers by (lowercase) name; repeated ones joined with ``", "``."""
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 def _head_size(event: h11.Request) -> int:
@@ -229,11 +312,151 @@ async def _close_stream(stream: trio.abc.Stream) -> None:
 # -- one connection
 
 
+class RequestBody:
+    """A request body read as it arrives (``HTTPRequest.body_stream``): ``await read()``
+    or ``async for chunk in body``.
+
+    Nothing is read from the connection but in :meth:`read`, so a handler that does not
+    read leaves the rest in the kernel and the client waiting (backpressure). A client
+    waiting for ``100 Continue`` is sent it at the first :meth:`read`. No tasks; one task
+    reads at a time; once its request is answered, the body can no longer be read. A body
+    left unread closes the connection after the answer."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._pending = bytearray()
+        self._received = 0
+        #: the body's end was read from the connection
+        self.ended = False
+        #: why the body was refused, once it was
+        self.refused: BodyRefusedError | None = None
+        self._reading = False
+        self._closed = False
+
+    @property
+    def reading(self) -> bool:
+        """Whether a task is in :meth:`read` (it may be waiting on the connection)."""
+        return self._reading
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def read(self) -> bytes | None:
+        """The next part of the body received so far (1 byte to 64 KiB, small chunks
+        joined), waiting for one if need be; ``None`` once the body ended.
+
+        Raises :class:`BodyRefusedError`: 413 past ``max_body_bytes``, 408 when no more of
+        it came within ``body_timeout_s``, 400 for a malformed chunked body. A client that
+        leaves before its body's end cancels the handler (as a broken connection does)."""
+        if self.refused is not None:
+            raise BodyRefusedError(self.refused.status, self.refused.text)
+        if self._closed:
+            raise trio.ClosedResourceError("the request was answered: its body is gone")
+        if self._reading:
+            raise trio.BusyResourceError("another task is already reading this request body")
+        self._reading = True
+        try:
+            return await self._read()
+        except _ClientGone as exc:
+            if self._closed:  # the connection was closed under a read outlasting its request
+                raise trio.ClosedResourceError("the request was answered") from exc
+            await self._connection.client_left()
+        finally:
+            self._reading = False
+
+    def close(self) -> None:
+        """The request was answered: later reads fail."""
+        self._closed = True
+
+    async def take_buffered(self, upto: int) -> bytes | None:
+        """Parse what the connection already received, without waiting: the whole body if
+        it ended within ``upto`` bytes, else ``None`` (what was parsed is read first)."""
+        await self._parse(upto + 1)
+        if self.ended:
+            return self._take(len(self._pending))
+        return None
+
+    async def _read(self) -> bytes | None:
+        if not self.ended and not self._pending:
+            await self._connection.invite_body()
+        while not self.ended and len(self._pending) < READ_SIZE:
+            if await self._parse(READ_SIZE):
+                if self._pending:
+                    break  # what is in so far
+                await self._wait_for_data()
+        if not self._pending:
+            return None
+        return self._take(READ_SIZE)
+
+    def _take(self, size: int) -> bytes:
+        if len(self._pending) <= size:
+            chunk = bytes(self._pending)
+            self._pending.clear()
+        else:
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+        return chunk
+
+    def _refuse(self, status: int, text: str) -> BodyRefusedError:
+        self.refused = BodyRefusedError(status, text)
+        return BodyRefusedError(status, text)
+
+    async def _parse(self, upto: int) -> bool:
+        """Move the body's data h11 parses from what was received into the pending chunk,
+        until ``upto`` bytes are pending or the body ended; whether h11 needs more data. A
+        checkpoint every few events parsed (a body of 1-byte chunks)."""
+        connection = self._connection
+        limit = connection.limits.max_body_bytes
+        parsed = 0
+        while len(self._pending) < upto:
+            try:
+                event = connection.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if connection.eof:
+                    raise _ClientGone from exc  # it closed before its body's end
+                logger.debug("bad HTTP request body: %r", exc)
+                raise self._refuse(400, "malformed request body") from exc
+            if event is h11.NEED_DATA:
+                return True
+            if not isinstance(event, h11.Data):  # EndOfMessage: nothing else comes mid-body
+                self.ended = True
+                connection.body_ended()
+                return False
+            self._received += len(event.data)
+            if self._received > limit:
+                raise self._refuse(413, f"body exceeds {limit} bytes")
+            self._pending += event.data
+            parsed += 1
+            if parsed >= EVENTS_PER_CHECKPOINT:
+                await trio.lowlevel.checkpoint()
+                parsed = 0
+        return False
+
+    async def _wait_for_data(self) -> None:
+        connection = self._connection
+        if connection.eof:
+            raise _ClientGone
+        with trio.move_on_after(connection.limits.body_timeout_s) as waiting:
+            try:
+                await connection.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _ClientGone from exc
+        if waiting.cancelled_caught:
+            raise self._refuse(408, "request body timed out")
+
+
 class _Connection:
     """One client connection, served in the task that calls :meth:`serve`; while a handler
-    runs, a second task (in a nursery of that task) reads ahead to notice a broken
-    connection. Cancelled midway, nothing remains: the handler is cancelled and a response
-    body is closed (the caller closes the stream)."""
+    runs with its request's body all in, a second task (in a nursery of that task, the
+    *exchange*) reads ahead to notice a broken connection; after a websocket was accepted,
+    a task there closes it when the server drains. Cancelled midway, nothing remains: the
+    handler is cancelled and a response body is closed (the caller closes the stream)."""
 
     def __init__(self, stream: trio.abc.Stream, server: HTTPServer) -> None:
         self.stream = stream
@@ -251,8 +474,15 @@ class _Connection:
         self.streaming = False
         self._sending = trio.Lock()
         self._low_water = 1
+        #: the peer's address, for every request on this connection
+        self.client = peer_address(stream)
+        #: the nursery running the current request's handler
+        self._exchange: trio.Nursery | None = None
+        #: the current (or last) request's streamed body
+        self._body: RequestBody | None = None
+        self._probes = True
 
-    async def _receive(self) -> None:
+    async def receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
             self.eof = True
@@ -265,7 +495,7 @@ class _Connection:
                 return event
             if self.eof:
                 raise _ClientGone
-            await self._receive()
+            await self.receive()
 
     async def send(self, event: h11.Event) -> None:
         async with self._sending:
@@ -311,6 +541,39 @@ class _Connection:
                 return
             first = False
 
+    async def linger(self) -> None:
+        """After an answer that left the request body unread (the client may still be
+        sending it): send EOF, then drop what comes for a while (``LINGER_S``,
+        ``LINGER_BYTES``), so closing does not reset the connection under the answer."""
+        if self._body is not None and self._body.reading:
+            return  # a task (not the handler: it returned) still waits for it; closing ends it
+        if self.broken or self.eof or not self._body_unread():
+            return
+        if self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
+            return
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
+            return
+        dropped = 0
+        with trio.move_on_after(LINGER_S):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_eof()
+                while dropped < LINGER_BYTES:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        return
+                    dropped += len(data)
+
+    def _body_unread(self) -> bool:
+        """Whether more of the request's body may still come (its end was not received)."""
+        if self.conn.their_state is not h11.SEND_BODY:
+            return False
+        try:
+            while isinstance(event := self.conn.next_event(), h11.Data):
+                pass  # received, and dropped: the answer went out
+        except h11.RemoteProtocolError:
+            return False
+        return event is h11.NEED_DATA
+
     async def _read_head(self, first: bool) -> object:
         """The next request head (or ``ConnectionClosed``); ``None`` on a timeout. The first
         has ``header_timeout_s`` from the start; a later one ``idle_timeout_s`` until its
@@ -324,7 +587,7 @@ class _Connection:
             try:
                 if not first:
                     while not self.eof and not self.conn.trailing_data[0]:
-                        await self._receive()
+                        await self.receive()
                     waiting.deadline = trio.current_time() + limits.header_timeout_s
                 return await self.next_event()
             finally:
@@ -386,7 +649,7 @@ class _Connection:
                     raise _ClientGone
                 if declared is not None:
                     self._set_low_water(max(1, min(declared - len(body), BODY_LOW_WATER)))
-                await self._receive()
+                await self.receive()
                 parsed = 0
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -402,26 +665,24 @@ class _Connection:
                 return 0
 
     async def _handle(self, event: h11.Request) -> bool:
-        """Read the body, run the handler, send its answer; whether the connection goes on."""
-        headers: dict[str, str] = {}
-        for name, value in event.headers:
-            key = name.decode("latin-1")
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        """Read the body (or open it as a stream), run the handler, send its answer; whether
+        the connection goes on."""
+        headers = header_map(event)
+        head = event.method == b"HEAD"
+        if self.server.gate is not None and not await self._pass_gate(headers, head=head):
+            return False
+        if "upgrade" in headers and is_websocket_upgrade(event.method.decode("ascii"), headers):
+            await self._handle_upgrade(event, headers)
+            return False
         declared = headers.get("content-length")
-        gate = self.server.gate
-        if gate is not None:
-            refused = gate(headers)
-            if refused is not None:
-                # answered before the body is read: the connection cannot be reused
-                refused.headers = [*refused.headers, ("connection", "close")]
-                with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
-                    await self._send_reply(refused, head=event.method == b"HEAD")
-                return False
+        length = int(declared) if declared else None
+        chunked = "transfer-encoding" in headers
+        stream: RequestBody | None = None
         try:
-            body = await self._read_body(
-                int(declared) if declared else None, "transfer-encoding" in headers
-            )
+            if chunked or (length or 0) > self.limits.inline_body_bytes:
+                body, stream = await self._open_body(length)
+            else:
+                body = await self._read_body(length, chunked)
         except h11.RemoteProtocolError as exc:
             logger.debug("bad HTTP request body: %r", exc)
             status = protocol_error_status(exc)
@@ -431,51 +692,237 @@ class _Connection:
             return False
         if body is None:
             return False
+        request = self._request(event, headers, body=body, body_stream=stream)
+        return await self._exchange_http(request, event.http_version, head=head, body=stream)
+
+    def _request(self, event: h11.Request, headers: dict[str, str], **body: Any) -> Request:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
-        request = Request(
+        return Request(
             method=event.method.decode("ascii"),
             path=path,
             query_string=query,
             headers=headers,
-            body=body,
+            client=self.client,
+            **body,
         )
+
+    async def _pass_gate(self, headers: dict[str, str], *, head: bool) -> bool:
+        assert self.server.gate is not None
+        refused = self.server.gate(headers)
+        if refused is None:
+            return True
+        # answered before the body is read: the connection cannot be reused
+        with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+            await self._send_reply(refused, head=head, close=True)
+        return False
+
+    async def _open_body(self, declared: int | None) -> tuple[bytes | None, RequestBody | None]:
+        """A body to stream: ``(b"", its stream)``; ``(the bytes, None)`` for a chunked body
+        already received whole within ``inline_body_bytes``; ``(None, None)`` once refused."""
+        limit = self.limits.max_body_bytes
+        if declared is not None and declared > limit:
+            await self._refuse(413, f"body exceeds {limit} bytes")
+            return None, None
+        stream = RequestBody(self)
+        if declared is None:
+            try:
+                whole = await stream.take_buffered(self.limits.inline_body_bytes)
+            except BodyRefusedError as exc:
+                await self._refuse(exc.status, exc.text)
+                return None, None
+            if whole is not None:
+                return whole, None
+        return b"", stream
+
+    async def _exchange_http(
+        self, request: Request, http_version: bytes, *, head: bool, body: RequestBody | None
+    ) -> bool:
+        """Run the handler and send its answer, reading ahead (for a broken connection) once
+        the request's body is all in; whether the connection goes on."""
         go_on = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_disconnect, nursery.cancel_scope, event.http_version)
-            go_on = await self._answer(request, head=event.method == b"HEAD")
-            nursery.cancel_scope.cancel()
+        self._probes = http_version != b"1.0"  # an HTTP/1.0 client takes no 1xx
+        self._body = body
+        try:
+            async with trio.open_nursery() as nursery:
+                self._exchange = nursery
+                if body is None:
+                    nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+                try:
+                    go_on = await self._answer(request, head=head, body=body)
+                finally:
+                    self._exchange = None  # a read from now on starts nothing here
+                nursery.cancel_scope.cancel()
+        finally:
+            if body is not None:
+                body.close()
         return go_on and not self.broken
 
-    async def _answer(self, request: Request, *, head: bool) -> bool:
+    def body_ended(self) -> None:
+        """A streamed body was read to its end: read ahead from now on (the next request,
+        or the connection breaking) while the handler runs."""
+        if self._exchange is not None:
+            self._exchange.start_soon(self._watch_disconnect, self._exchange.cancel_scope)
+
+    async def client_left(self) -> NoReturn:
+        """The client left before its streamed body's end: cancel the handler, as a broken
+        connection does."""
+        self.broken = True
+        if self._exchange is not None:
+            self._exchange.cancel_scope.cancel()
+        await trio.lowlevel.checkpoint()  # the handler's own read is cancelled here
+        raise BodyRefusedError(400, "request body cut short")  # read outside the handler
+
+    async def invite_body(self) -> None:
+        """Send ``100 Continue`` if the client waits for it before sending its body."""
+        if not self.conn.they_are_waiting_for_100_continue:
+            return
+        async with self._sending:
+            if self.conn.our_state is h11.SEND_RESPONSE:
+                await self._send_locked(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+
+    async def _call(self, request: Request, body: RequestBody | None) -> HTTPReply:
         try:
-            reply = await self.handler(request)
-        except Exception:  # a handler's bug fails its request, not the connection's peer
-            logger.exception("HTTP handler failed on %s %s", request.method, request.path)
-            reply = plain(500, "internal server error", [("connection", "close")])
+            return await self.handler(request)
+        except Exception as exc:  # a handler's bug fails its request, not the connection's peer
+            if not (isinstance(exc, BodyRefusedError) and body is not None and body.refused):
+                logger.exception("HTTP handler failed on %s %s", request.method, request.path)
+            return plain(500, "internal server error", [("connection", "close")])
+
+    async def _answer(self, request: Request, *, head: bool, body: RequestBody | None) -> bool:
+        reply = await self._call(request, body)
+        if body is not None and body.refused is not None:
+            if not isinstance(reply.body, bytes):
+                await _close_body(reply.body)
+            await self._refuse(body.refused.status, body.refused.text)
+            return False
+        unread = body is not None and not body.ended
         try:
-            return await self._send_reply(reply, head=head)
+            # an unread body closes the connection: say so now when the answer is all known
+            sent = await self._send_reply(
+                reply, head=head, close=unread and isinstance(reply.body, bytes)
+            )
         except _ClientGone:
             return False
         except h11.LocalProtocolError:
             logger.exception("invalid HTTP response (status %d)", reply.status)
             return False
+        return sent and (body is None or body.ended)
 
-    async def _watch_disconnect(self, scope: trio.CancelScope, http_version: bytes) -> None:
-        """Read ahead while the handler runs; a connection that broke cancels it.
+    # -- websockets
+
+    async def _handle_upgrade(self, event: h11.Request, headers: dict[str, str]) -> None:
+        """A websocket upgrade request: refused by the server if its handshake is bad, else
+        the handler's."""
+        problem = handshake_problem(event.http_version.decode("ascii"), headers)
+        if problem is not None:
+            status, text, extra = problem
+            with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+                await self._send_reply(plain(status, text, extra), head=False, close=True)
+            return
+        try:
+            if await self._read_body(None, False) is None:  # the request's end
+                return
+        except (h11.RemoteProtocolError, _ClientGone):
+            return
+        await self._exchange_websocket(event, headers)
+
+    async def _exchange_websocket(self, event: h11.Request, headers: dict[str, str]) -> None:
+        """Run a websocket handler. Until it accepts, a task reads ahead to notice the client
+        leaving (which cancels the handler), and a refusal is sent as an HTTP answer; once
+        it accepts, the websocket owns the connection, a task closes it (1001) when the
+        server drains, and what the handler returns is dropped. Both tasks run in the
+        exchange nursery; the connection closes after."""
+        async with trio.open_nursery() as nursery:
+            self._exchange = nursery
+            self._probes = False  # EOF before the 101: the client is gone
+            watching = trio.CancelScope()
+            watched = trio.Event()
+            nursery.start_soon(self._watch_until_accept, nursery.cancel_scope, watching, watched)
+
+            async def switch(response_headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
+                watching.cancel()
+                await watched.wait()  # what it read ahead is h11's trailing data
+                response = h11.InformationalResponse(
+                    status_code=101, headers=response_headers, reason=b"Switching Protocols"
+                )
+                try:
+                    await self.send(response)
+                except _ClientGone as exc:
+                    raise WebSocketDisconnect(1006, "connection lost") from exc
+                nursery.start_soon(self._close_on_drain, websocket)
+                return self.conn.trailing_data
+
+            websocket = ServerWebSocket(
+                self.stream,
+                key=headers.get("sec-websocket-key", ""),
+                subprotocols=offered_subprotocols(headers),
+                switch=switch,
+                max_message_bytes=self.limits.max_websocket_message_bytes,
+                idle_timeout_s=self.limits.websocket_idle_timeout_s,
+                send_timeout_s=self.limits.send_timeout_s,
+            )
+            request = self._request(event, headers, websocket=websocket)
+            try:
+                await self._answer_websocket(request, websocket)
+            finally:
+                self._exchange = None
+            nursery.cancel_scope.cancel()
+
+    async def _answer_websocket(self, request: Request, websocket: ServerWebSocket) -> None:
+        reply: HTTPReply | None = None
+        failed = False
+        try:
+            reply = await self.handler(request)
+        except WebSocketDisconnect:
+            pass  # the client left; nothing to answer
+        except Exception:  # a handler's bug fails its websocket, not the server
+            logger.exception("HTTP handler failed on websocket %s", request.path)
+            failed = True
+        if websocket.accepted:
+            if reply is not None and not isinstance(reply.body, bytes):
+                await _close_body(reply.body)
+            await websocket.close(1011 if failed else 1000, "internal error" if failed else "")
+            return
+        if reply is None:
+            reply = plain(500, "internal server error")
+        with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+            await self._send_reply(reply, head=False, close=True)
+
+    async def _watch_until_accept(
+        self, scope: trio.CancelScope, watching: trio.CancelScope, watched: trio.Event
+    ) -> None:
+        """:meth:`_watch_disconnect` until ``watching`` is cancelled (the handler accepts);
+        ``watched`` is set once it stopped reading."""
+        try:
+            with watching:
+                await self._watch_disconnect(scope)
+        finally:
+            watched.set()
+
+    async def _close_on_drain(self, websocket: ServerWebSocket) -> None:
+        await self.server.drain_begun.wait()
+        await websocket.close(1001, "server shutting down")
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        """Read ahead while the handler runs (its request's body all in); a connection that
+        broke cancels it.
 
         EOF may be a half-close: the client may still read its answer. Before the answer's
         head, the client (HTTP/1.1) is probed with ``100 Continue`` until the head goes
         out: a client that closed for good resets the connection, a probe fails, and the
         handler is cancelled. EOF once a streamed answer is under way (no more probes can
-        go) or from an HTTP/1.0 client (which takes no 1xx) cancels the handler at once.
+        go), from an HTTP/1.0 client (which takes no 1xx) or before a websocket's ``101``
+        cancels the handler at once.
         """
         try:
             while not self.eof:
                 if len(self.conn.trailing_data[0]) > self.limits.max_header_bytes:
                     return  # enough pipelined data buffered; stop reading until we answer
-                await self._receive()
-            if http_version == b"1.0":
+                await self.receive()
+            if not self._probes:
                 raise _ClientGone
             await self._probe()
         except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone):
@@ -500,11 +947,12 @@ class _Connection:
             await trio.sleep(delay)
             delay = min(delay * 2, PROBE_MAX_DELAY_S)
 
-    async def _send_reply(self, reply: HTTPReply, *, head: bool) -> bool:
-        """Send ``reply`` (only its head when answering ``HEAD``); whether it went out whole.
-        An iterator body is closed however this ends. Raises :class:`_ClientGone`."""
+    async def _send_reply(self, reply: HTTPReply, *, head: bool, close: bool = False) -> bool:
+        """Send ``reply`` (only its head when answering ``HEAD``; with ``connection: close``
+        when ``close`` or draining); whether it went out whole. An iterator body is closed
+        however this ends. Raises :class:`_ClientGone`."""
         body = reply.body
-        headers = response_headers(reply, head=head, close=self.server.draining)
+        headers = response_headers(reply, head=head, close=close or self.server.draining)
         response = h11.Response(
             status_code=reply.status, headers=headers, reason=reason_phrase(reply.status)
         )
@@ -543,13 +991,14 @@ class _Connection:
 
 
 class HTTPServer:
-    """Serves HTTP with ``handler`` until drained or cancelled.
+    """Serves HTTP (and websockets) with ``handler`` until drained or cancelled.
 
     Tasks (inside :meth:`serve` / :meth:`serve_listeners`): one accept loop per listener,
     and one task per connection, in a nursery of their own. Beyond
     ``limits.max_connections`` open connections a new one is answered 503 by the accept
     loop and closed, with no task. :meth:`drain` stops accepting, closes idle connections
-    and waits (bounded) for the requests in flight, whose answers close their connections;
+    and open websockets (1001), and waits (bounded) for the requests in flight, whose
+    answers close their connections;
     cancelling :meth:`serve` closes every connection and listener (requests in flight are
     cancelled, their response bodies closed).
     """
@@ -567,6 +1016,8 @@ class HTTPServer:
         #: instead of calling the handler (the control endpoint refuses a missing token so)
         self.gate = gate
         self.draining = False
+        #: set when draining begins (open websockets are closed then)
+        self.drain_begun = trio.Event()
         #: the cancel scopes of connections waiting for their next request
         self.idle: set[trio.CancelScope] = set()
         self._connections = 0
@@ -609,6 +1060,7 @@ class HTTPServer:
         """Stop taking connections and requests; wait up to ``timeout_s`` for the requests
         in flight to be answered."""
         self.draining = True
+        self.drain_begun.set()
         self._listening.cancel()
         for waiting in list(self.idle):
             waiting.cancel()
@@ -665,7 +1117,9 @@ class HTTPServer:
 
     async def _on_connection(self, stream: trio.abc.Stream) -> None:
         try:
-            await _Connection(stream, self).serve()
+            connection = _Connection(stream, self)
+            await connection.serve()
+            await connection.linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # why: one connection's failure must not stop the server

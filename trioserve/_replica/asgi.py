@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextvars
 import copyreg
 import inspect
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from starlette.datastructures import State
 
-from .http import Emit, ResponseSender, body_receiver
+from .._exchange import WSAccept, WSClose, WSMessage, decode_ws_event, encode
+from .http import Emit, Receive, ResponseSender
 
 ASGIApp = Callable[
     [
@@ -169,7 +170,7 @@ def bind_class_routes(app: Any, cls: type) -> None:
 
 
 def _bind_routes(router: Any, cls: type, functions: set[int], seen: set[int]) -> bool:
-    from fastapi.routing import APIRoute
+    from fastapi.routing import APIRoute, APIWebSocketRoute
 
     if id(router) in seen:
         return False
@@ -181,7 +182,9 @@ def _bind_routes(router: Any, cls: type, functions: set[int], seen: set[int]) ->
         if included is not None:
             changed = _bind_routes(included, cls, functions, seen) or changed
             continue
-        if not isinstance(route, APIRoute) or getattr(route, _BOUND_ATTR, False):
+        if not isinstance(route, APIRoute | APIWebSocketRoute) or getattr(
+            route, _BOUND_ATTR, False
+        ):
             continue
         if not _belongs_to(route.endpoint, cls, functions):
             continue
@@ -212,15 +215,80 @@ def _rebuilt(route: Any) -> Any:
 
 
 async def run_asgi(
-    app: ASGIApp, scope: dict[str, Any], body: bytes, emit: Emit, *, instance: Any
+    app: ASGIApp, scope: dict[str, Any], receive: Receive, emit: Emit, *, instance: Any
 ) -> None:
-    """Run one HTTP request (``scope`` and its ``body``) through ``app``; the response goes
-    out through ``emit`` as :class:`~trioserve._replica.http.ResponseSender` describes.
-    ``instance`` is what class-based routes get as ``self``."""
+    """Run one HTTP request (``scope``, its body from ``receive``) through ``app``; the
+    response goes out through ``emit`` as :class:`~trioserve._replica.http.ResponseSender`
+    describes. ``instance`` is what class-based routes get as ``self``."""
     send = ResponseSender(emit)
     token = _instance.set(instance)
     try:
-        await app(scope, body_receiver(body), send)
+        await app(scope, receive, send)
     finally:
         _instance.reset(token)
     await send.finish()
+
+
+async def run_asgi_websocket(
+    app: ASGIApp,
+    scope: dict[str, Any],
+    incoming: AsyncIterator[bytes],
+    emit: Emit,
+    *,
+    instance: Any,
+) -> None:
+    """Run one WebSocket session through ``app``: ``websocket.connect``, then the client's
+    messages from ``incoming`` (encoded ``WSMessage``, then its ``WSClose``) as
+    ``websocket.receive`` / ``websocket.disconnect``; what the app sends goes out through
+    ``emit`` as encoded ``WSEvent`` values. An app that returns without accepting or
+    closing refuses the handshake (close 1000 before accept: the proxy answers 403)."""
+    connected = False
+    state = {"accepted": False, "closed": False}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal connected
+        if not connected:
+            connected = True
+            return {"type": "websocket.connect"}
+        try:
+            event = decode_ws_event(await anext(incoming))
+        except StopAsyncIteration:
+            return {"type": "websocket.disconnect", "code": 1006}
+        if isinstance(event, WSMessage):
+            if event.text is not None:
+                return {"type": "websocket.receive", "text": event.text}
+            return {"type": "websocket.receive", "bytes": event.data or b""}
+        if isinstance(event, WSClose):
+            return {"type": "websocket.disconnect", "code": event.code, "reason": event.reason}
+        raise RuntimeError(f"unexpected WebSocket event from the proxy: {event!r}")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        kind = message["type"]
+        if state["closed"]:
+            raise RuntimeError(f"{kind} sent after the WebSocket was closed")
+        if kind == "websocket.accept":
+            headers = [
+                (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+                for k, v in message.get("headers", [])
+            ]
+            state["accepted"] = True
+            await emit(encode(WSAccept(subprotocol=message.get("subprotocol"), headers=headers)))
+        elif kind == "websocket.send":
+            if not state["accepted"]:
+                raise RuntimeError("websocket.send before websocket.accept")
+            text, data = message.get("text"), message.get("bytes")
+            await emit(encode(WSMessage(text=text) if text is not None else WSMessage(data=data)))
+        elif kind == "websocket.close":
+            state["closed"] = True
+            code = int(message.get("code", 1000))
+            await emit(encode(WSClose(code=code, reason=str(message.get("reason") or ""))))
+        else:
+            raise RuntimeError(f"unsupported WebSocket ASGI message {kind!r}")
+
+    token = _instance.set(instance)
+    try:
+        await app(scope, receive, send)
+    finally:
+        _instance.reset(token)
+    if not state["closed"]:
+        await emit(encode(WSClose(code=1000)))

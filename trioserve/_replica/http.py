@@ -1,27 +1,24 @@
 """HTTP requests and responses between the proxy and a replica.
 
 The proxy reads a request (:class:`HTTPRequest`, the server's record of it) and sends the
-ingress replica its head as plain data (:func:`request_meta`) and its body as bytes. The
-replica turns them into an ASGI scope (:func:`asgi_scope`) and a ``receive`` callable
-(:func:`body_receiver`), so user code sees a real ``starlette.requests.Request`` (what
-``serve.Request`` is) and ASGI apps run as they would under any server.
+ingress replica a :class:`~trioserve._exchange.RequestHead` (and, for a large or chunked
+body, the rest of the body as the call's request stream). The replica turns them into an
+ASGI scope (:func:`asgi_scope`) and a ``receive`` callable (:func:`body_receiver`), so user
+code sees a real ``starlette.requests.Request`` (what ``serve.Request`` is) and ASGI apps
+run as they would under any server.
 
-What a handler returns goes back as *messages*, pushed through the replica's stream:
-
-* a head ``[status, [[name, value], ...], whole]``;
-* when ``whole``, exactly one ``bytes`` item: the entire body;
-* otherwise body chunks (``bytes``), then ``None`` once the body is complete (the stream
-  may go on running after it: a Starlette background task), or simply the end of the stream.
-
-``str`` and ``bytes`` are sent as they are, ``dict``/``list``/msgspec Structs/dataclasses
-as JSON, a :class:`Response` as given, a Starlette ``Response`` is run as the ASGI app it is
-(:class:`ResponseSender` turns its messages into the above), a generator as a chunked stream.
+What a handler returns goes back through the replica's reply stream as
+``trioserve._exchange`` describes: a :class:`~trioserve._exchange.ResponseStart`, then the
+body. ``str`` and ``bytes`` are sent as they are, ``dict``/``list``/msgspec
+Structs/dataclasses as JSON, a :class:`Response` as given, a Starlette ``Response`` is run
+as the ASGI app it is (:class:`ResponseSender` turns its messages into the above), a
+generator as a chunked stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,7 +26,8 @@ import attrs
 import msgspec
 import trio
 
-Head = list[Any]  # [status, [[name, value], ...], whole] as it crosses the wire
+from .._exchange import RequestHead, ResponseStart, encode
+
 Emit = Callable[[Any], Awaitable[None]]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -49,6 +47,14 @@ class HTTPRequest:
     route_prefix: str = "/"
     #: the peer's ``(host, port)``, when the server knows it
     client: tuple[str, int] | None = None
+    #: a body streamed as it arrives (the HTTP server's ``RequestBody``: ``await read()``,
+    #: ``async for``), with ``body`` empty: set for a body with a ``content-length`` past
+    #: ``HTTPLimits.inline_body_bytes``, or a chunked one not already received whole with
+    #: its head. ``Any``: ``_http`` imports this module, not the other way round
+    body_stream: Any = None
+    #: a websocket upgrade request's ``ServerWebSocket`` (``trioserve._http.websocket``);
+    #: ``Any`` for the same reason
+    websocket: Any = None
 
     # The accessors below are what ``serve.Request`` offered while it was this class; code
     # that still builds one by hand (and passes it through a handle) keeps working.
@@ -82,64 +88,64 @@ class Response:
 # -- requests
 
 
-def request_meta(
-    request: HTTPRequest,
-    *,
-    route_prefix: str,
-    request_id: str,
-    server: tuple[str, int] | None,
-) -> dict[str, Any]:
-    """The head of ``request`` as plain data for the replica (everything but the body)."""
-    return {
-        "method": request.method,
-        "path": request.path,
-        "query_string": request.query_string,
-        "headers": [[k, v] for k, v in request.headers.items()],
-        "client": list(request.client) if request.client else None,
-        "server": list(server) if server else None,
-        "route_prefix": route_prefix,
-        "request_id": request_id,
-    }
-
-
-def asgi_scope(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """An ASGI HTTP scope for a request's head (from :func:`request_meta`). ``path`` is the
-    whole path and ``root_path`` the route prefix (``""`` for ``/``), as ASGI 3 frameworks
-    expect; header names are lowercase bytes."""
-    prefix: str = meta.get("route_prefix") or "/"
-    path: str = meta["path"]
-    client = meta.get("client")
-    server = meta.get("server")
-    return {
+def asgi_scope(head: RequestHead) -> dict[str, Any]:
+    """An ASGI HTTP (or WebSocket) scope for a request's head. ``path`` is the whole path
+    and ``root_path`` the route prefix (``""`` for ``/``), as ASGI 3 frameworks expect;
+    header names are lowercase bytes."""
+    prefix = head.route_prefix or "/"
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head.headers]
+    scope: dict[str, Any] = {
         "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
-        "method": meta["method"],
+        "method": head.method,
         "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("utf-8"),
+        "path": head.path,
+        "raw_path": head.path.encode("utf-8"),
         "root_path": "" if prefix == "/" else prefix,
-        "query_string": meta.get("query_string", "").encode("latin-1"),
-        "headers": [
-            (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
-            for k, v in meta.get("headers", [])
-        ],
-        "client": (str(client[0]), int(client[1])) if client else None,
-        "server": (str(server[0]), int(server[1])) if server else None,
+        "query_string": head.query_string.encode("latin-1"),
+        "headers": headers,
+        "client": head.client,
+        "server": head.server,
         "state": {},
     }
+    if head.kind == "websocket":
+        scope["type"] = "websocket"
+        scope["scheme"] = "ws"
+        scope["subprotocols"] = [
+            p.strip()
+            for k, v in head.headers
+            if k.lower() == "sec-websocket-protocol"
+            for p in v.split(",")
+            if p.strip()
+        ]
+        del scope["method"]
+    return scope
 
 
-def body_receiver(body: bytes) -> Receive:
-    """An ASGI ``receive``: the whole body in one message, then (once the response is
-    complete, which the caller signals by cancelling, or never) a disconnect."""
+def body_receiver(head: RequestHead, rest: AsyncIterator[Any] | None = None) -> Receive:
+    """An ASGI ``receive``: the body (``head.body``, then, with ``more_body``, each chunk of
+    the request stream ``rest`` as it is read), then -- once the response is complete,
+    which the caller signals by cancelling, or never -- nothing more. A request stream that
+    broke reads as ``http.disconnect``."""
     delivered = False
+    ended = not head.more_body
 
     async def receive() -> Message:
-        nonlocal delivered
+        nonlocal delivered, ended
         if not delivered:
             delivered = True  # no checkpoint first: a cancelled probe must not lose it
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": head.body, "more_body": not ended}
+        if not ended and rest is not None:
+            try:
+                chunk = await anext(rest)
+            except StopAsyncIteration:
+                ended = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            except Exception:  # why: the caller is gone; ASGI says so with a disconnect
+                ended = True
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": bytes(chunk), "more_body": True}
         await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -156,7 +162,7 @@ class ResponseSender:
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
-        self._head: list[Any] | None = None
+        self._head: tuple[int, list[tuple[str, str]]] | None = None
         self.started = False  #: the head went out
         self.complete = False  #: the whole body went out
 
@@ -164,10 +170,10 @@ class ResponseSender:
         kind = message["type"]
         if kind == "http.response.start":
             raw = message.get("headers", [])
-            self._head = [
+            self._head = (
                 int(message["status"]),
-                [[bytes(k).decode("latin-1"), bytes(v).decode("latin-1")] for k, v in raw],
-            ]
+                [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in raw],
+            )
             return
         if kind != "http.response.body" or self.complete:
             return
@@ -177,12 +183,13 @@ class ResponseSender:
         more = bool(message.get("more_body", False))
         if not self.started:
             self.started = True
+            status, headers = self._head
             if not more:
                 self.complete = True
-                await self._emit([*self._head, True])
+                await self._emit(encode(ResponseStart(status=status, headers=headers, whole=True)))
                 await self._emit(chunk)
                 return
-            await self._emit([*self._head, False])
+            await self._emit(encode(ResponseStart(status=status, headers=headers)))
         if chunk:
             await self._emit(chunk)
         if not more:
@@ -218,16 +225,17 @@ def body_bytes(value: Any) -> tuple[bytes, str]:
     return _json.encode(value), "application/json"
 
 
-def response_head(value: Any) -> tuple[Head, bytes]:
-    """The head (without ``whole``) and the whole body for a handler's return value that is
+def response_start(value: Any) -> tuple[ResponseStart, bytes]:
+    """The start (``whole``) and the whole body for a handler's return value that is
     neither a Starlette response nor a generator."""
     if isinstance(value, Response):
         body, media = body_bytes(value.body)
         headers = {k.lower(): v for k, v in value.headers.items()}
         headers.setdefault("content-type", value.media_type or media)
-        return [value.status_code, [[k, v] for k, v in headers.items()]], body
+        start = ResponseStart(status=value.status_code, headers=list(headers.items()), whole=True)
+        return start, body
     body, media = body_bytes(value)
-    return [200, [["content-type", media]]], body
+    return ResponseStart(status=200, headers=[("content-type", media)], whole=True), body
 
 
 def chunk_bytes(item: Any) -> bytes:
@@ -239,4 +247,7 @@ def chunk_bytes(item: Any) -> bytes:
     return _json.encode(item) + b"\n"
 
 
-STREAM_HEAD: Head = [200, [["content-type", "text/plain; charset=utf-8"]], False]
+#: the start of a generator's (chunked) response
+STREAM_START = encode(
+    ResponseStart(status=200, headers=[("content-type", "text/plain; charset=utf-8")])
+)

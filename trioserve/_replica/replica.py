@@ -20,22 +20,28 @@ from starlette.responses import Response as StarletteResponse
 import actors
 import actors.lowlevel
 
+from .._exchange import WSClose, decode_head, encode
 from .._handles import context as _context
-from .._handles.messages import MODEL_SEP
+from .._handles.messages import (
+    MODEL_SEP,
+    MethodLatency,
+    ModelCacheCounters,
+    ReplicaMetricsSnapshot,
+)
 from .._metrics import Histogram
 from .._ship import unship
-from .asgi import ASGI_ATTR, run_asgi
+from .asgi import ASGI_ATTR, run_asgi, run_asgi_websocket
 from .asyncio_loop import AsyncioThread, note_asyncio_misuse
 from .batching import snapshot_batch_metrics
 from .http import (
-    STREAM_HEAD,
+    STREAM_START,
     Emit,
     Receive,
     ResponseSender,
     asgi_scope,
     body_receiver,
     chunk_bytes,
-    response_head,
+    response_start,
 )
 from .multiplex import register_owner, split_method, with_model_id
 from .process_context import ReplicaProcessContext
@@ -44,6 +50,7 @@ from .request_context import RequestContext, request_context
 ENV_CONTROLLER = "TRIOSERVE_CONTROLLER"
 _INTERNAL = {
     "__serve_http__": "serve_http",
+    "__serve_ws__": "serve_ws",
     "__serve_metrics__": "serve_metrics",
     "__serve_reconfigure__": "reconfigure",
 }
@@ -63,15 +70,11 @@ class ReplicaMetrics:
             self.errors[method] = self.errors.get(method, 0) + 1
         self.latency.observe((("method", method),), seconds)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "requests": dict(self.requests),
-            "errors": dict(self.errors),
-            "latency": [
-                [dict(labels)["method"], counts, total, n]
-                for labels, (counts, total, n) in self.latency.values.items()
-            ],
-        }
+    def latencies(self) -> list[MethodLatency]:
+        return [
+            MethodLatency(method=dict(labels)["method"], counts=list(counts), total=total, n=n)
+            for labels, (counts, total, n) in self.latency.values.items()
+        ]
 
 
 @attrs.frozen(kw_only=True)
@@ -149,48 +152,77 @@ class Replica:
         if self.asyncio is None:
             host.on_error = note_asyncio_misuse  # asyncio code run on Trio says what to set
         # health checks, reconfiguration and metrics must reach a replica that is busy
-        host.control_methods = frozenset({"check_health", *_INTERNAL} - {"__serve_http__"})
+        host.control_methods = frozenset(
+            {"check_health", *_INTERNAL} - {"__serve_http__", "__serve_ws__"}
+        )
 
     def _observe(self, method: str, seconds: float, ok: bool) -> None:
         if method in _INTERNAL:
             return
         self.metrics.observe(split_method(method)[0], seconds, ok)
 
-    async def serve_metrics(self) -> dict[str, Any]:
+    async def serve_metrics(self) -> ReplicaMetricsSnapshot:
         await trio.lowlevel.checkpoint()
-        ongoing = self._host.ongoing if self._host is not None else 0
-        snapshot = {**self.metrics.snapshot(), "ongoing": ongoing}
-        if self.multiplex_stats is not None:
-            snapshot["multiplex"] = attrs.asdict(self.multiplex_stats)
-        if isinstance(_context.current_or_none(), ReplicaProcessContext):
-            # batches of this process (an inline replica's are the serve process's own)
-            snapshot["batches"] = snapshot_batch_metrics()
-        return snapshot
+        stats = self.multiplex_stats
+        # batches of this process (an inline replica's are the serve process's own)
+        in_process = isinstance(_context.current_or_none(), ReplicaProcessContext)
+        return ReplicaMetricsSnapshot(
+            requests=dict(self.metrics.requests),
+            errors=dict(self.metrics.errors),
+            latency=self.metrics.latencies(),
+            ongoing=self._host.ongoing if self._host is not None else 0,
+            multiplex=ModelCacheCounters(**attrs.asdict(stats)) if stats is not None else None,
+            batches=snapshot_batch_metrics() if in_process else [],
+        )
 
     # -- HTTP
 
-    @actors.lowlevel.push_stream
-    async def serve_http(self, emit: Emit, meta: dict[str, Any], body: bytes) -> None:
-        """Answer one HTTP request (its head ``meta`` from ``request_meta``, its ``body``):
-        emits the response as the messages ``trioserve._replica.http`` describes."""
+    @actors.lowlevel.duplex_stream
+    async def serve_http(self, emit: Emit, rest: AsyncIterator[bytes], head: bytes) -> None:
+        """Answer one HTTP request (an encoded ``RequestHead``; with ``more_body``, the
+        rest of the body is the request stream ``rest``): emits the response as
+        ``trioserve._exchange`` describes."""
         started = trio.current_time()
         ok = False
+        request = decode_head(head)
         context = RequestContext(
-            request_id=str(meta.get("request_id", "")),
-            route=str(meta.get("route_prefix") or "/"),
-            app_name=self.info.app,
+            request_id=request.request_id, route=request.route_prefix, app_name=self.info.app
         )
         try:
             with request_context(context):
-                scope = asgi_scope(meta)
+                scope = asgi_scope(request)
+                receive = body_receiver(request, rest)
                 asgi_app = self._asgi_app()
                 if asgi_app is not None:
-                    await run_asgi(asgi_app, scope, body, emit, instance=self.user)
+                    await run_asgi(asgi_app, scope, receive, emit, instance=self.user)
                 else:
-                    await self._call_for_http(emit, scope, body)
+                    await self._call_for_http(emit, scope, receive)
             ok = True
         finally:
             self.metrics.observe("__http__", trio.current_time() - started, ok)
+
+    @actors.lowlevel.duplex_stream
+    async def serve_ws(self, emit: Emit, incoming: AsyncIterator[bytes], head: bytes) -> None:
+        """Run one WebSocket session through the deployment's ASGI app: ``incoming``
+        carries the client's messages, ``emit`` the app's events (``trioserve._exchange``).
+        A deployment without an ASGI app refuses the handshake."""
+        request = decode_head(head)
+        asgi_app = self._asgi_app()
+        if asgi_app is None:
+            await emit(encode(WSClose(code=1000, reason="this deployment takes no WebSockets")))
+            return
+        context = RequestContext(
+            request_id=request.request_id, route=request.route_prefix, app_name=self.info.app
+        )
+        started = trio.current_time()
+        ok = False
+        try:
+            with request_context(context):
+                scope = asgi_scope(request)
+                await run_asgi_websocket(asgi_app, scope, incoming, emit, instance=self.user)
+            ok = True
+        finally:
+            self.metrics.observe("__websocket__", trio.current_time() - started, ok)
 
     def _asgi_app(self) -> Any:
         if self._asgi is None:
@@ -209,9 +241,8 @@ class Replica:
                 self._takes_request = True
         return self._takes_request
 
-    async def _call_for_http(self, emit: Emit, scope: dict[str, Any], body: bytes) -> None:
+    async def _call_for_http(self, emit: Emit, scope: dict[str, Any], receive: Receive) -> None:
         fn = self.__actor_dispatch__("__call__")
-        receive = body_receiver(body)
         args: tuple[Any, ...] = ()
         if self._call_takes_request(fn):
             args = (StarletteRequest(scope, receive),)
@@ -256,13 +287,13 @@ class Replica:
 
 
 async def _stream_async(emit: Emit, items: AsyncIterator[Any]) -> None:
-    await emit(STREAM_HEAD)
+    await emit(STREAM_START)
     async for item in items:
         await emit(chunk_bytes(item))
 
 
 async def _stream_sync(emit: Emit, items: Iterator[Any]) -> None:
-    await emit(STREAM_HEAD)
+    await emit(STREAM_START)
     done = object()
     try:
         while (item := await trio.to_thread.run_sync(next, items, done)) is not done:
@@ -284,6 +315,6 @@ async def _send_value(emit: Emit, value: Any, scope: dict[str, Any], receive: Re
     elif inspect.isgenerator(value):
         await _stream_sync(emit, value)
     else:
-        head, whole = response_head(value)
-        await emit([*head, True])
+        start, whole = response_start(value)
+        await emit(encode(start))
         await emit(whole)
