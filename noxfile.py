@@ -1,5 +1,6 @@
 """Sessions: lint, typecheck, tests (3.11-3.13, quick tests), slow tests and the 30 s chaos
-soak (once, on 3.11), examples. `nox` runs them all."""
+soak (once, on 3.11). `nox` runs them all; every example runs in tests_slow
+(tests/test_examples.py), and ``nox -s examples`` runs them by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "tests_slow", "soak_short", "examples"]
+nox.options.sessions = ["lint", "typecheck", "tests", "tests_slow", "soak_short"]
 nox.options.reuse_existing_virtualenvs = True
 # uv makes each environment in ~3 s instead of ~22 s with virtualenv and pip; without uv
 # (nox installed without its ``uv`` extra) nox falls back to virtualenv

@@ -53,7 +53,7 @@ def _code_reduce(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
     return rebuild, args
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # why: cloudpickle is untyped
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
 
@@ -67,17 +67,17 @@ def dumps(obj: object) -> bytes:
 def _is_plain(obj: object, depth: int = 0) -> bool:
     t = type(obj)
     if t in _SCALARS:
-        return t is not int or -(2**63) <= obj < 2**64  # type: ignore[operator]
+        return t is not int or -(2**63) <= obj < 2**64  # type: ignore[operator]  # why: obj is an int here
     if depth > _MAX_DEPTH:
         return False
     if t is list:
-        if set(map(type, obj)) <= _SCALARS - {int}:  # type: ignore[call-overload]
+        if set(map(type, obj)) <= _SCALARS - {int}:  # type: ignore[call-overload]  # why: obj is a list here
             return True
-        return all(_is_plain(x, depth + 1) for x in obj)  # type: ignore[attr-defined]
+        return all(_is_plain(x, depth + 1) for x in obj)  # type: ignore[attr-defined]  # why: obj is a list here
     if t is dict:
         return all(
             type(k) is str and _is_plain(v, depth + 1)
-            for k, v in obj.items()  # type: ignore[attr-defined]
+            for k, v in obj.items()  # type: ignore[attr-defined]  # why: obj is a dict here
         )
     return False
 
@@ -223,7 +223,7 @@ def decode_error(data: bytes | msgspec.Raw) -> BaseException:
     error = _rebuild(info)
     try:
         error.add_note(f"Remote traceback:\n{info.traceback.rstrip()}")
-        error.remote_traceback = info.traceback  # type: ignore[attr-defined]
+        error.remote_traceback = info.traceback  # type: ignore[attr-defined]  # why: added to any exception
     except Exception:  # why: exotic exception types may refuse attributes; the type still matters
         pass
     return error

@@ -54,12 +54,14 @@ class CallFuture:
     # -- resolving (synchronous, from the side that runs the call)
 
     def set_result(self, value: Any) -> None:
+        """Resolve with ``value`` (ignored once done)."""
         if self.done():
             return
         self._value = value
         self._finish()
 
     def set_error(self, error: BaseException) -> None:
+        """Resolve with ``error`` (ignored once done)."""
         if self.done():
             return
         self._value = None
@@ -78,6 +80,7 @@ class CallFuture:
     # -- observing
 
     def done(self) -> bool:
+        """Whether the call has ended."""
         return self._value is not _PENDING
 
     def result(self) -> Any:
@@ -89,11 +92,13 @@ class CallFuture:
         return self._value
 
     def exception(self) -> BaseException | None:
+        """The call's error, or None (also while pending)."""
         if self._value is _PENDING:
             raise RuntimeError("call has not finished yet")
         return self._error
 
     def add_done_callback(self, cb: Callable[[CallFuture], None]) -> None:
+        """Call ``cb(self)`` once the call ends (at once if it has), synchronously."""
         if self.done():
             cb(self)
             return
@@ -167,10 +172,12 @@ class StreamReceiver:
         self.sender: StreamSender | None = None
 
     def push(self, item: Any) -> None:
+        """Add an item the actor sent (synchronous)."""
         self._items.append(item)
         self._lot.unpark_all()
 
     def finish(self, error: BaseException | None = None) -> None:
+        """The actor finished sending, with ``error`` or cleanly (idempotent)."""
         if self._ended:
             return
         self._ended = True
@@ -189,9 +196,11 @@ class StreamReceiver:
         return self._ended
 
     def exception(self) -> BaseException | None:
+        """The error the stream ended with, or None."""
         return self.end_error
 
     def add_done_callback(self, cb: Callable[[StreamReceiver], None]) -> None:
+        """Call ``cb(self)`` once the actor finished sending (at once if it has)."""
         if self._ended:
             cb(self)
         else:
@@ -199,6 +208,7 @@ class StreamReceiver:
 
     @property
     def finished(self) -> bool:
+        """Whether the stream ended and every item has been read."""
         return self._ended and not self._items
 
     def __aiter__(self) -> StreamReceiver:
@@ -240,6 +250,7 @@ class StreamReceiver:
         self._items.clear()
 
     async def aclose(self) -> None:
+        """Stop the stream, as :meth:`cancel` does."""
         self.cancel()
         await trio.lowlevel.checkpoint()
 
@@ -283,9 +294,12 @@ class StreamSender:
 
     @property
     def closed(self) -> bool:
+        """Whether the call has ended (sends fail)."""
         return self._closed
 
     async def send(self, item: Any) -> None:
+        """Send one item once the actor has credit for it: ``BrokenResourceError`` once
+        the call ended, ``ClosedResourceError`` after :meth:`end`."""
         if self._ended:
             raise trio.ClosedResourceError(f"the request stream of {self.label} was ended")
         await trio.lowlevel.checkpoint_if_cancelled()

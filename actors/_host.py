@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import trio
 
@@ -151,6 +151,7 @@ class ActorHost:
     # -- method lookup
 
     def resolve(self, name: str) -> tuple[Callable[..., Any], Kind]:
+        """The method called ``name`` and its kind (``AttributeError`` if there is none)."""
         cached = self._methods.get(name)
         if cached is not None:
             return cached
@@ -196,9 +197,11 @@ class ActorHost:
             self._release()
 
     def stop_accepting(self) -> None:
+        """Refuse new calls from now on (running ones go on)."""
         self.accepting = False
 
     async def wait_idle(self) -> None:
+        """Wait until no counted call is running."""
         while self.ongoing:
             await self._idle.park()
 
@@ -316,6 +319,7 @@ class ActorHost:
         *,
         timeout: float | None = None,
     ) -> CallFuture:
+        """Run a call here (arguments by reference); its :class:`CallFuture`."""
         fut = CallFuture(label=f"{self.name}.{method}")
         refused = self.try_admit(method)
         if refused is not None:
@@ -336,6 +340,7 @@ class ActorHost:
         timeout: float | None = None,
         window: int = 16,
     ) -> StreamReceiver:
+        """Run a streaming call here; its :class:`StreamReceiver`."""
         return self._submit_local_streaming(method, args, kwargs, timeout, window, False)[0]
 
     def submit_local_duplex(
@@ -431,11 +436,7 @@ async def drive_stream(
     inbox: StreamReceiver | None = None,
 ) -> None:
     """Run a streaming method, sending each item it produces once the caller has credit
-    for it. An async generator is closed when this ends however it ends (bounded, shielded:
-    its ``finally`` runs). A sync generator's ``next()`` runs on a worker thread with
-    ``abandon_on_cancel=True``: user code cannot be interrupted mid-``next``, so a cancelled
-    stream abandons that thread (it finishes its step on its own) rather than leave the
-    caller waiting for a step that may never end."""
+    for it (generators through :func:`pump_generator`)."""
     if kind in ("push", "duplex"):
 
         async def emit(item: Any) -> None:
@@ -446,30 +447,45 @@ async def drive_stream(
             await fn(emit, inbox if inbox is not None else _empty_inbox(), *args, **kwargs)
         else:
             await fn(emit, *args, **kwargs)
-    elif kind == "asyncgen":
-        agen = fn(*args, **kwargs)
+    elif kind in ("asyncgen", "syncgen"):
+
+        async def send(item: Any) -> None:
+            await credit.take()
+            reply.item(item)
+
+        await pump_generator(fn(*args, **kwargs), kind, send)
+    else:
+        raise TypeError(f"{getattr(fn, '__name__', fn)} is not a generator; call it plainly")
+
+
+async def pump_generator(
+    items: Any, kind: Literal["asyncgen", "syncgen"], send: Callable[[Any], Awaitable[None]]
+) -> None:
+    """``await send(item)`` for each item of a generator (``kind`` says which sort it is),
+    closing it when this ends however it ends.
+
+    An async generator is closed shielded and bounded (5 s), so its ``finally`` runs even
+    when the stream is cancelled. A sync generator's ``next()`` runs on a worker thread
+    with ``abandon_on_cancel=True``: user code cannot be interrupted mid-``next``, so a
+    cancelled stream abandons that thread (it finishes its step on its own) rather than
+    leave the caller waiting for a step that may never end; such a generator cannot be
+    closed while it runs, and is left to finish."""
+    if kind == "asyncgen":
         try:
-            async for item in agen:
-                await credit.take()
-                reply.item(item)
+            async for item in items:
+                await send(item)
         finally:
             with trio.CancelScope(shield=True):  # why: finalise the user's generator
                 with trio.move_on_after(5):
-                    await agen.aclose()
-    elif kind == "syncgen":
-        gen = fn(*args, **kwargs)
-        done = object()
-        try:
-            while True:
-                item = await trio.to_thread.run_sync(next, gen, done, abandon_on_cancel=True)
-                if item is done:
-                    break
-                await credit.take()
-                reply.item(item)
-        finally:
-            # a cancelled next() may still be running on its (abandoned) thread, and a
-            # generator cannot be closed while it runs: then it is left to finish
-            with contextlib.suppress(ValueError):
-                gen.close()
-    else:
-        raise TypeError(f"{getattr(fn, '__name__', fn)} is not a generator; call it plainly")
+                    await items.aclose()
+        return
+    done = object()
+    try:
+        while True:
+            item = await trio.to_thread.run_sync(next, items, done, abandon_on_cancel=True)
+            if item is done:
+                break
+            await send(item)
+    finally:
+        with contextlib.suppress(ValueError):  # why: still running on an abandoned thread
+            items.close()

@@ -21,10 +21,12 @@ class InlineRef:
 
     @property
     def alive(self) -> bool:
+        """Whether the actor still takes calls."""
         return not self._stopped
 
     @property
     def in_flight(self) -> int:
+        """Calls running on the actor now."""
         return self._host.ongoing
 
     def submit(
@@ -35,6 +37,7 @@ class InlineRef:
         *,
         timeout: float | None = None,
     ) -> CallFuture:
+        """Start a call on the actor; its :class:`CallFuture`."""
         return self._host.submit_local(method, args, kwargs or {}, timeout=timeout)
 
     def submit_stream(
@@ -45,6 +48,7 @@ class InlineRef:
         *,
         timeout: float | None = None,
     ) -> StreamReceiver:
+        """Start a streaming call on the actor; its :class:`StreamReceiver`."""
         return self._host.submit_local_stream(method, args, kwargs or {}, timeout=timeout)
 
     def submit_duplex(
@@ -55,9 +59,11 @@ class InlineRef:
         *,
         timeout: float | None = None,
     ) -> tuple[StreamReceiver, StreamSender]:
+        """Start a duplex call: its reply stream and its request stream's sender."""
         return self._host.submit_local_duplex(method, args, kwargs or {}, timeout=timeout)
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Submit a call and wait for its value (raises its error)."""
         return await self.submit(method, args, kwargs).wait()
 
 

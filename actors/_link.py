@@ -211,7 +211,7 @@ class Link:
 
     async def _watch(self, fn: Callable[[], object], nursery: trio.Nursery) -> None:
         try:
-            await fn()  # type: ignore[misc]
+            await fn()  # type: ignore[misc]  # why: fn is one of the link's own async loops
         except ConnectionClosed as exc:
             reason = exc.reason
             self._mark_closed(

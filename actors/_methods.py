@@ -22,7 +22,7 @@ def push_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Mark an ``async def fn(emit, *args, **kwargs)`` as a push-style stream: it sends
     items with ``await emit(item)`` (which waits for the caller's credit) instead of
     yielding them. Callers see an ordinary stream."""
-    fn.__actor_push_stream__ = True  # type: ignore[attr-defined]
+    fn.__actor_push_stream__ = True  # type: ignore[attr-defined]  # why: a marker attribute
     return fn
 
 
@@ -31,7 +31,7 @@ def duplex_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
     stream (``await emit(item)``) that also receives the caller's request stream,
     ``async for item in inbox`` (what :meth:`RemoteRef.submit_duplex`'s sender sends).
     Called as a plain stream, it sees an empty ``inbox``."""
-    fn.__actor_duplex_stream__ = True  # type: ignore[attr-defined]
+    fn.__actor_duplex_stream__ = True  # type: ignore[attr-defined]  # why: a marker attribute
     return fn
 
 

@@ -33,7 +33,8 @@ class ActorRef(Protocol):
     name: str
 
     @property
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Whether calls can reach the actor now."""
 
     def submit(
         self,
@@ -42,7 +43,8 @@ class ActorRef(Protocol):
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
-    ) -> CallFuture: ...
+    ) -> CallFuture:
+        """Start a call at once; its :class:`CallFuture`."""
 
     def submit_stream(
         self,
@@ -51,7 +53,8 @@ class ActorRef(Protocol):
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
-    ) -> StreamReceiver: ...
+    ) -> StreamReceiver:
+        """Start a streaming call at once; its :class:`StreamReceiver`."""
 
     def submit_duplex(
         self,
@@ -60,9 +63,11 @@ class ActorRef(Protocol):
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
-    ) -> tuple[StreamReceiver, StreamSender]: ...
+    ) -> tuple[StreamReceiver, StreamSender]:
+        """Start a duplex call: its reply stream and its request stream's sender."""
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Submit a call and wait for its value (raises its error)."""
 
 
 class RemoteRef:
@@ -87,6 +92,7 @@ class RemoteRef:
         return self.protocol.received_upto
 
     def attach(self, link: Link) -> None:
+        """Use ``link`` for this reference's calls (done by :func:`actors.connect`)."""
         self.link = link
 
     def detach(self) -> None:
@@ -107,10 +113,12 @@ class RemoteRef:
 
     @property
     def alive(self) -> bool:
+        """Whether the connection is open."""
         return self.link is not None and not self.link.closed
 
     @property
     def in_flight(self) -> int:
+        """Calls sent and not ended yet."""
         return self.protocol.in_flight
 
     def _send_call(
@@ -142,6 +150,7 @@ class RemoteRef:
         *,
         timeout: float | None = None,
     ) -> CallFuture:
+        """Send a call now; its :class:`CallFuture` (encoding errors fail the future)."""
         fut = CallFuture(label=f"{self.name}.{method}")
         try:
             call_id = self._send_call(fut, method, args, kwargs, timeout=timeout)
@@ -159,6 +168,7 @@ class RemoteRef:
         *,
         timeout: float | None = None,
     ) -> StreamReceiver:
+        """Send a streaming call now; its :class:`StreamReceiver`."""
         return self._submit_streaming(method, args, kwargs, timeout=timeout, duplex=False)[0]
 
     def submit_duplex(
@@ -219,6 +229,7 @@ class RemoteRef:
         return receiver, sender
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Submit a call and wait for its value (raises its error)."""
         return await self.submit(method, args, kwargs).wait()
 
     def _send(self, envelope: _wire.Envelope | None) -> None:
@@ -250,6 +261,7 @@ class RemoteRef:
     # -- called by the link's reader
 
     def on_envelope(self, env: _wire.Envelope) -> None:
+        """Take one envelope from the connection's reader (synchronous)."""
         event = self.protocol.receive(env)
         if event is None:
             return  # acknowledgements, heartbeats, envelopes that crossed a cancel

@@ -243,7 +243,7 @@ def _decode_fields(chunk: bytes) -> Envelope:
         Raw(element) if field.type is Raw else msgspec.msgpack.decode(element, type=field.type)
         for field, element in zip(fields, elements[1:], strict=False)
     ]
-    return cls(*values)  # type: ignore[return-value]
+    return cls(*values)  # type: ignore[return-value]  # why: cls is an Envelope member
 
 
 def _array_header(data: bytes, pos: int) -> tuple[int, int]:

@@ -1,13 +1,15 @@
 """Runtime hooks for code that builds on actors (a serving framework, say), beside the user
 surface in ``actors``: hosting an object yourself (:class:`ActorHost`, :func:`serve_host`),
 how a host runs a method (:func:`method_kind`), push and duplex streams
-(:func:`push_stream`, :func:`duplex_stream`, :class:`StreamSender`).
+(:func:`push_stream`, :func:`duplex_stream`, :class:`StreamSender`), and the one way
+generators are driven (:func:`pump_generator`).
 """
 
 from __future__ import annotations
 
 from ._future import StreamSender as StreamSender
 from ._host import ActorHost as ActorHost
+from ._host import pump_generator as pump_generator
 from ._methods import duplex_stream as duplex_stream
 from ._methods import method_kind as method_kind
 from ._methods import push_stream as push_stream
@@ -18,6 +20,7 @@ __all__ = [
     "StreamSender",
     "duplex_stream",
     "method_kind",
+    "pump_generator",
     "push_stream",
     "serve_host",
 ]

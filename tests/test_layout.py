@@ -77,6 +77,7 @@ def test_find_cycle_reports_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["actors", "trioserve"])
 def test_package_imports_have_no_cycle(package: str) -> None:
     """No module imports one that (directly or not) imports it back, counting imports made
@@ -85,6 +86,7 @@ def test_package_imports_have_no_cycle(package: str) -> None:
     assert cycle is None, " -> ".join(cycle or [])
 
 
+@pytest.mark.slow
 def test_trioserve_uses_only_public_actors() -> None:
     """trioserve imports only the public modules of the actor runtime."""
     public = {"actors", "actors.exceptions", "actors.lowlevel", "actors.testing"}

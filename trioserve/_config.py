@@ -25,7 +25,7 @@ def _number(value: object) -> bool:
 
 def _non_negative(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
-        if not _number(value) or value < 0:  # type: ignore[operator]
+        if not _number(value) or value < 0:  # type: ignore[operator]  # why: _number checked it
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     return check
@@ -33,7 +33,7 @@ def _non_negative(name: str) -> Any:
 
 def _positive(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
-        if not _number(value) or value <= 0:  # type: ignore[operator]
+        if not _number(value) or value <= 0:  # type: ignore[operator]  # why: _number checked it
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
     return check
@@ -99,9 +99,9 @@ class AutoscalingConfig:
 
 
 def _resource_amount(name: str, value: object) -> float:
-    if not _number(value) or value < 0:  # type: ignore[operator]
+    if not _number(value) or value < 0:  # type: ignore[operator]  # why: _number checked it
         raise ValueError(f"resources: {name} must be a number >= 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)  # type: ignore[arg-type]  # why: _number checked it
 
 
 @attrs.frozen(kw_only=True)

@@ -36,6 +36,7 @@ async def _take(receiver: actors.StreamReceiver, n: int) -> list[Any]:
     return items
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_round_trip(placement: Placement) -> None:
     """A call returns the method's result, whatever kind of value it is."""
@@ -48,6 +49,7 @@ async def test_call_round_trip(placement: Placement) -> None:
         assert await actor.ref.call("echo", value={"kw": (1, 2)}) == {"kw": (1, 2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_concurrent_calls_get_their_own_results(placement: Placement) -> None:
     """1,000 calls in flight on one connection each get the result of their own argument."""
@@ -59,6 +61,7 @@ async def test_call_concurrent_calls_get_their_own_results(placement: Placement)
     assert results == [i * i for i in range(1000)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_cancelled_caller_cancels_remote_task(placement: Placement) -> None:
     """Cancelling the task that awaits a call, or calling ``fut.cancel()``, cancels the
@@ -89,6 +92,7 @@ async def test_call_cancelled_caller_cancels_remote_task(placement: Placement) -
         assert await actor.ref.call("wait_cancelled", 2) == ["by-caller", "by-future"]
 
 
+@pytest.mark.slow
 async def test_call_remote_exception_keeps_type_message_and_traceback(tmp_path: Path) -> None:
     """The actor's exception arrives with its type, message and remote traceback; a type the
     caller cannot import arrives as RemoteError carrying the same information."""
@@ -124,6 +128,7 @@ async def test_call_inline_exception_is_the_raised_object() -> None:
             await actor.ref.call("fail", "inline failure")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "placement", ["process", pytest.param("inline", marks=pytest.mark.autojump)]
 )
@@ -144,6 +149,7 @@ async def test_call_deadline_travels_with_call(placement: Placement) -> None:
         assert await actor.ref.call("wait_cancelled", 2) == ["call", "stream"]
 
 
+@pytest.mark.slow
 async def test_call_deadline_on_sync_generator_stream() -> None:
     """A sync generator blocked in a step past its deadline ends with DeadlineExceededError."""
     async with running_actor(worker_spec("inline")) as actor:
@@ -155,6 +161,7 @@ async def test_call_deadline_on_sync_generator_stream() -> None:
             await actor.ref.call("release")  # let the abandoned worker thread finish
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_stream_delivers_every_item_in_order(placement: Placement) -> None:
     """Async generators, sync generators and push streams deliver every item, in order,
@@ -182,6 +189,7 @@ async def test_stream_backpressure_inline(method: str) -> None:
         await receiver.aclose()
 
 
+@pytest.mark.slow
 async def test_stream_backpressure_process() -> None:
     """Across a process boundary too, generators (async and sync) run at most one window
     ahead of a consumer that stopped consuming; the stream resumes when it consumes again."""
@@ -198,6 +206,7 @@ async def test_stream_backpressure_process() -> None:
             await receiver.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_stream_consumer_close_stops_generator(placement: Placement) -> None:
     """Closing a stream early ends it for the consumer and finalises the actor's generator
@@ -227,6 +236,7 @@ async def test_call_generator_called_plainly_or_plain_method_streamed_is_an_erro
         assert await actor.ref.call("echo", "ok") == "ok"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_sync_method_runs_on_worker_thread(placement: Placement) -> None:
     """A plain ``def`` method runs on a worker thread: while it blocks, async methods still
@@ -242,6 +252,7 @@ async def test_call_sync_method_runs_on_worker_thread(placement: Placement) -> N
             assert await blocked == (True, True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_beyond_max_ongoing_is_rejected_and_never_runs(placement: Placement) -> None:
     """With max_ongoing=N, call N+1 is refused with RejectedError and never runs; once the
@@ -260,6 +271,7 @@ async def test_call_beyond_max_ongoing_is_rejected_and_never_runs(placement: Pla
         assert await actor.ref.call("get_started_keys") == started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", PLACEMENTS)
 async def test_call_cancelled_call_frees_its_slot_at_once(placement: Placement) -> None:
     """A call sent right after cancelling another is admitted, even at max_ongoing."""

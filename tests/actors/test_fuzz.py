@@ -155,6 +155,7 @@ def test_fuzz_batch_decoder_random_bytes_decode_or_raise_msgspec_errors(data: by
     assert all(isinstance(env, _wire.Envelope) for env in decoded)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @PURE
 @given(truncated())
 def test_fuzz_batch_decoder_truncated_messages_raise(data: bytes) -> None:
@@ -163,6 +164,7 @@ def test_fuzz_batch_decoder_truncated_messages_raise(data: bytes) -> None:
         _wire.BatchDecoder().decode(data)
 
 
+@pytest.mark.slow
 @PURE
 @given(mutated())
 def test_fuzz_batch_decoder_mutated_messages_decode_or_raise_msgspec_errors(data: bytes) -> None:
@@ -179,6 +181,7 @@ def test_fuzz_batch_decoder_mutated_messages_decode_or_raise_msgspec_errors(data
     assert decoder.decode(_framed(good)) == good  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @PURE
 @given(batches)
 def test_fuzz_batch_decoder_round_trips_every_envelope(batch: list[_wire.Envelope]) -> None:
@@ -189,6 +192,7 @@ def test_fuzz_batch_decoder_round_trips_every_envelope(batch: list[_wire.Envelop
     ]
 
 
+@pytest.mark.slow
 @PURE
 @given(
     st.integers(min_value=16, max_value=2**16),
@@ -323,6 +327,7 @@ class _FakeLink:
         self.sent.append(env)
 
 
+@pytest.mark.slow
 @settings(PURE, max_examples=100)
 @given(st.lists(envelopes, max_size=12))
 def test_fuzz_remote_ref_ignores_envelopes_for_unknown_calls(batch: list[_wire.Envelope]) -> None:
@@ -427,6 +432,7 @@ async def _fuzz_listener(messages: list[bytes | str]) -> None:
             assert await newcomer.call("square", 8) == 64
 
 
+@pytest.mark.slow
 @SOCKET
 @given(fuzzed_messages)
 def test_fuzz_listener_closes_only_the_fuzzing_connection(messages: list[bytes | str]) -> None:
@@ -436,6 +442,7 @@ def test_fuzz_listener_closes_only_the_fuzzing_connection(messages: list[bytes |
     trio.run(_fuzz_listener, messages)
 
 
+@pytest.mark.slow
 @SOCKET
 @given(
     st.lists(

@@ -38,6 +38,7 @@ async def _run_recording_code(
     codes.append(await system.run_actor(spec, task_status=task_status))
 
 
+@pytest.mark.slow
 async def test_run_actor_starts_a_child_process() -> None:
     """A process actor is a live child process of ours, reachable at a loopback address."""
     async with running_actor(worker_spec(name="child")) as actor:
@@ -54,6 +55,7 @@ async def test_run_actor_starts_a_child_process() -> None:
     assert process_gone(child)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spawn_method", ["fork", "exec"])
 async def test_run_actor_ignores_a_package_of_the_same_name_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawn_method: str
@@ -73,6 +75,7 @@ async def test_run_actor_ignores_a_package_of_the_same_name_in_the_working_direc
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spawn_method", ["fork", "exec"])
 async def test_run_actor_children_outside_our_process_group(spawn_method: str) -> None:
     """Children (and the fork server) run in process groups of their own: a terminal's
@@ -97,6 +100,7 @@ def _fork_servers() -> list[psutil.Process]:
     ]
 
 
+@pytest.mark.slow
 async def test_run_actor_after_the_fork_server_died_starts_a_new_one() -> None:
     """If the fork server dies (killed, out of memory), actors it forked keep working and
     the next actor comes from a fresh fork server."""
@@ -117,6 +121,7 @@ async def test_run_actor_after_the_fork_server_died_starts_a_new_one() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_run_actor_request_stop_drains_in_flight_calls() -> None:
     """``request_stop()`` lets in-flight calls finish, then the child exits with code 0."""
     codes: list[int | None] = []
@@ -133,6 +138,7 @@ async def test_run_actor_request_stop_drains_in_flight_calls() -> None:
     assert not actor.ref.alive
 
 
+@pytest.mark.slow
 async def test_run_actor_child_exit_fails_calls_in_flight() -> None:
     """When the child exits by itself (``os._exit``), calls in flight fail with
     ActorDiedError within 5 s, run_actor returns its exit code, and new calls fail at once."""
@@ -154,6 +160,7 @@ async def test_run_actor_child_exit_fails_calls_in_flight() -> None:
         await actor.ref.call("echo", "too late")
 
 
+@pytest.mark.slow
 async def test_run_actor_cancelled_stops_child_that_ignores_stop_and_sigterm() -> None:
     """Cancelling an actor's task stops its process for certain, escalating past a frozen
     Trio loop and an ignored SIGTERM to SIGKILL."""
@@ -168,6 +175,7 @@ async def test_run_actor_cancelled_stops_child_that_ignores_stop_and_sigterm() -
     assert process_gone(child)
 
 
+@pytest.mark.slow
 async def test_run_actor_constructor_error_raises_spawn_error() -> None:
     """A constructor that raises makes run_actor raise SpawnError, caused by the original
     exception (type and message), and leaves no process behind."""
@@ -208,6 +216,7 @@ async def test_run_inline_actor_request_stop_drains_and_refuses_new_calls() -> N
     assert not actor.ref.alive
 
 
+@pytest.mark.slow
 async def test_run_actor_token_never_on_command_line() -> None:
     """The instance token reaches the child through its environment, never its command line
     (which any local user can read), and the spec's env is applied too."""
@@ -265,6 +274,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 async def test_run_actor_children_exit_when_parent_is_killed(tmp_path: Path) -> None:
     """A parent killed with SIGKILL (no cleanup at all) leaves no actor process running:
     each child notices its control link is gone and exits."""
@@ -313,6 +323,7 @@ def _wait_status(proc: psutil.Process, status: str) -> None:
         time.sleep(0.01)  # polling a real process's state, bounded by the deadline
 
 
+@pytest.mark.slow
 async def test_run_actor_death_tells_calls_it_never_read_from_calls_it_ran() -> None:
     """When an actor process dies, a call it had acknowledged reading fails with
     ActorDiedError; one still unread in its socket fails with CallNotDeliveredError (it never

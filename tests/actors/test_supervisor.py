@@ -76,6 +76,7 @@ def _supervisor(
     )
 
 
+@pytest.mark.slow
 async def test_supervisor_restarts_crashed_child_with_new_pid() -> None:
     """A crashed child's callers get ActorDiedError at once; the supervisor starts a fresh
     process for it (new PID, fresh state) that takes calls; leaving the block stops it."""
@@ -105,6 +106,7 @@ async def test_supervisor_restarts_crashed_child_with_new_pid() -> None:
     assert process_gone(new_process)
 
 
+@pytest.mark.slow
 async def test_supervisor_gives_up_past_restart_intensity() -> None:
     """More than max_restarts exits in period_s makes the supervisor stop every child and
     raise SupervisorGaveUpError out of its ``async with`` block."""
@@ -135,6 +137,7 @@ async def test_supervisor_gives_up_past_restart_intensity() -> None:
     assert ("bystander", None) in log.events
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "crashed", "expected_restarted"),
     [
@@ -176,6 +179,7 @@ async def test_supervisor_strategy_restarts_the_right_siblings(
             assert await now.ref.call("pid") == now.pid
 
 
+@pytest.mark.slow
 async def test_supervisor_temporary_child_is_never_restarted() -> None:
     """A temporary child that crashes is forgotten, not restarted."""
     log = ChangeLog()
@@ -190,6 +194,7 @@ async def test_supervisor_temporary_child_is_never_restarted() -> None:
         assert log.since(mark, "temp") == [None]
 
 
+@pytest.mark.slow
 async def test_supervisor_transient_child_restarts_only_after_abnormal_exit() -> None:
     """A transient child that exits normally (code 0) is forgotten; one that crashes is
     restarted with a new PID."""
@@ -243,6 +248,7 @@ async def test_supervisor_terminate_and_stop_child_are_not_restarted() -> None:
         assert not drained.ref.alive
 
 
+@pytest.mark.slow
 async def test_supervisor_stops_a_child_caught_mid_restart_promptly(tmp_path: Path) -> None:
     """Stopping a child while the supervisor restarts it (as serve's shutdown does right
     after a replica was killed) returns promptly and leaves neither process behind."""
@@ -268,6 +274,7 @@ async def test_supervisor_stops_a_child_caught_mid_restart_promptly(tmp_path: Pa
     await wait_process_gone(second)
 
 
+@pytest.mark.slow
 async def test_supervisor_failed_start_raises_and_is_not_supervised() -> None:
     """A child whose constructor raises makes start_child raise SpawnError; it is not kept."""
     log = ChangeLog()

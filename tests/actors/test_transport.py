@@ -198,6 +198,7 @@ async def test_transport_oversized_result_fails_only_that_call() -> None:
         assert await ref.call("make_bytes", limit // 2) == b"x" * (limit // 2)
 
 
+@pytest.mark.slow
 async def test_transport_process_actor_max_message_size_bounds_arguments() -> None:
     """A process actor's ``max_message_size`` applies to its callers' connection: a bigger
     argument fails only its own call; a result over the limit fails its call too."""

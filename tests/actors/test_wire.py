@@ -26,6 +26,7 @@ def _sample(i: int) -> _wire.Envelope:
     return kinds[i % len(kinds)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 0xFFFF, 0x10000, 70000])
 def test_wire_frame_round_trips_through_batch_decoder(n: int) -> None:
     """However many envelopes share one websocket message, the peer gets them all, in order."""

@@ -48,6 +48,12 @@ class Pid:
         await trio.lowlevel.checkpoint()
         return os.getpid()
 
+    async def held(self, seconds: float) -> int:
+        """The PID after ``seconds`` of (simulated) work: every replica then frees its
+        slots at the same pace, however busy the machine's CPUs are."""
+        await trio.sleep(seconds)
+        return os.getpid()
+
     async def ident(self) -> tuple[int, int]:
         """``(pid, id(self))``: tells replicas apart even when inline (same PID)."""
         await trio.lowlevel.checkpoint()

@@ -39,6 +39,7 @@ def _crash_serve_loop(error: BaseException) -> None:
     assert not bg._thread.is_alive()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_background_crash_is_logged_and_raised_by_the_next_calls(
     caplog: pytest.LogCaptureFixture,
@@ -83,6 +84,7 @@ class SlowStart:
         time.sleep(60)  # a constructor that blocks its own process, not the test
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_background_crash_fails_a_call_in_flight() -> None:
     """A script API call waiting on the loop when it crashes raises ServeShutdownError from

@@ -245,6 +245,7 @@ async def _hold(handle: serve.DeploymentHandle, n: int, nursery: trio.Nursery) -
         nursery.start_soon(one)
 
 
+@pytest.mark.slow
 @pytest.mark.autojump
 async def test_autoscaling_default_delays_hold_in_virtual_time() -> None:
     """With the defaults, load adds replicas after 30 s (not before) and an idle deployment

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,6 +85,7 @@ def test_pick_replica_same_seed_same_choices() -> None:
     assert len(set(first)) == 1
 
 
+@pytest.mark.slow
 @given(
     loads=st.lists(st.integers(min_value=0, max_value=6), max_size=24),
     limit=st.integers(min_value=1, max_value=6),

@@ -36,6 +36,7 @@ async def open_chain() -> AsyncIterator[Chain]:
         )
 
 
+@pytest.mark.slow
 async def test_chaining_response_as_argument() -> None:
     """A response passed to another call stands for its value, across deployments."""
     async with open_chain() as c:
@@ -44,6 +45,7 @@ async def test_chaining_response_as_argument() -> None:
         assert await c.math.combine.remote(c.plus1.remote(1), b=c.plus10.remote(2)) == 212
 
 
+@pytest.mark.slow
 async def test_chaining_responses_inside_containers() -> None:
     """Responses nested in lists, tuples, dicts and kwargs are replaced by their values."""
     async with open_chain() as c:
@@ -58,6 +60,7 @@ async def test_chaining_responses_inside_containers() -> None:
         assert received == [[(1, 5), {"outer": [10, {"inner": 2}]}], {"key": [3]}]
 
 
+@pytest.mark.slow
 async def test_chaining_diamond_shares_one_response() -> None:
     """One response can feed two calls whose results a third combines (a diamond)."""
     async with open_chain() as c:
@@ -71,6 +74,7 @@ async def test_chaining_diamond_shares_one_response() -> None:
         assert await d_input == 4
 
 
+@pytest.mark.slow
 async def test_chaining_upstream_error_propagates() -> None:
     """An upstream failure fails the chained calls with the same error."""
     async with open_chain() as c:
@@ -83,6 +87,7 @@ async def test_chaining_upstream_error_propagates() -> None:
         assert await c.plus1.remote(1) == 2
 
 
+@pytest.mark.slow
 async def test_chaining_finished_response_as_argument() -> None:
     """A response that was awaited first and then passed on still stands for its value."""
     async with serve.open_serve(http_port=None) as instance:

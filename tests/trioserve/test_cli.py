@@ -129,6 +129,7 @@ async def serve_then_stop(signum: signal.Signals, *options: str, prefix: str = "
     return output
 
 
+@pytest.mark.slow
 async def test_cli_run_serves_until_sigint() -> None:
     """``trioserve run file.py:app`` serves HTTP until Ctrl-C, then exits 0 with no replica
     process left behind."""
@@ -136,6 +137,7 @@ async def test_cli_run_serves_until_sigint() -> None:
     assert "trioserve: application 'default' at http://127.0.0.1:" in output
 
 
+@pytest.mark.slow
 async def test_cli_run_serves_until_sigterm() -> None:
     """SIGTERM drains and exits like Ctrl-C; ``--name`` and ``--route-prefix`` apply."""
     output = await serve_then_stop(
@@ -144,6 +146,7 @@ async def test_cli_run_serves_until_sigterm() -> None:
     assert "trioserve: application 'pids' at http://127.0.0.1:" in output
 
 
+@pytest.mark.slow
 async def test_cli_status_prints_table() -> None:
     """``trioserve status --address URL`` prints applications, deployments and replicas."""
     async with serve.open_serve(http_port=0) as instance:
@@ -171,6 +174,7 @@ async def test_cli_status_prints_table() -> None:
     assert all(f"(pid {pid})" in lines[2] for pid in replica_pids)
 
 
+@pytest.mark.slow
 def test_cli_status_without_instance_fails_clearly() -> None:
     """``trioserve status`` against an address nothing serves says so and exits 1."""
     done = subprocess.run(
@@ -186,6 +190,7 @@ def test_cli_status_without_instance_fails_clearly() -> None:
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "message"),
     [

@@ -172,6 +172,7 @@ def test_application_walk_names_a_second_binding_name_1() -> None:
     assert names == ["Adder", "Adder_1", "Holder"]
 
 
+@pytest.mark.slow
 async def test_deployment_bind_applications_in_containers_become_handles() -> None:
     """Applications bound inside a list and a dict reach the replica as DeploymentHandles."""
     app = fx.Holder.bind(

@@ -17,6 +17,7 @@ def _remote_traceback(error: BaseException) -> str:
     return text
 
 
+@pytest.mark.slow
 async def test_errors_user_exception_reaches_caller() -> None:
     """User errors arrive with type, message and remote traceback; the replica lives on."""
     async with serve.open_serve(http_port=None) as instance:
@@ -38,6 +39,7 @@ async def test_errors_user_exception_reaches_caller() -> None:
         assert await handle.ok.remote() == "ok"
 
 
+@pytest.mark.slow
 async def test_errors_unknown_and_private_methods_refused() -> None:
     """Calling a method the deployment lacks (or a private one) fails that call only."""
     async with serve.open_serve(http_port=None) as instance:
@@ -51,6 +53,7 @@ async def test_errors_unknown_and_private_methods_refused() -> None:
         assert isinstance(await handle.pid.remote(), int)
 
 
+@pytest.mark.slow
 async def test_errors_constructor_failure_fails_run() -> None:
     """A raising constructor fails run() from that error; status shows DEPLOY_FAILED."""
     async with serve.open_serve(http_port=None) as instance:

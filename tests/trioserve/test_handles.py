@@ -18,6 +18,7 @@ async def _until_cancelled_seen(hanger: serve.DeploymentHandle, key: str) -> Non
         assert await hanger.wait_cancelled.remote(key) is True
 
 
+@pytest.mark.slow
 async def test_handle_method_accessors_and_options() -> None:
     """``handle.describe.remote()`` and ``options(method_name=...)`` call other methods."""
     async with serve.open_serve(http_port=None) as instance:
@@ -35,6 +36,7 @@ async def test_handle_method_accessors_and_options() -> None:
         assert await serve.get_async([handle.remote(i) for i in range(5)]) == [0, 3, 6, 9, 12]
 
 
+@pytest.mark.slow
 async def test_handle_function_deployment() -> None:
     """A function deployment is called through ``handle.remote()`` and has no other methods."""
     async with serve.open_serve(http_port=None) as instance:
@@ -72,6 +74,7 @@ def test_handle_accessor_keeps_stream_option() -> None:
         _ = serve.DeploymentHandle("S")._private
 
 
+@pytest.mark.slow
 async def test_handle_cancellation_reaches_replica() -> None:
     """Cancelling a scope or calling ``response.cancel()`` cancels the replica's call."""
     async with serve.open_serve(http_port=None) as instance:
@@ -107,6 +110,7 @@ async def test_handle_cancellation_reaches_replica() -> None:
         await _until_cancelled_seen(hanger, "method")
 
 
+@pytest.mark.slow
 async def test_handle_cancellation_reaches_downstream_call() -> None:
     """Cancelling a call to an ingress cancels the downstream call the ingress is awaiting."""
     app = fx.Forwarder.bind(fx.Hanger.bind())

@@ -35,6 +35,7 @@ async def wait_for_metric(http: httpx.AsyncClient, line: str) -> None:
             await trio.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_proxy_routes_by_longest_prefix() -> None:
     """A request goes to the application with the longest route prefix matching its path."""
     async with serve.open_serve(http_port=0) as instance:
@@ -53,6 +54,7 @@ async def test_proxy_routes_by_longest_prefix() -> None:
     }
 
 
+@pytest.mark.slow
 async def test_proxy_unknown_route_is_404() -> None:
     """A path no application's prefix covers gets 404."""
     async with serve.open_serve(http_port=0) as instance:
@@ -66,6 +68,7 @@ async def test_proxy_unknown_route_is_404() -> None:
     assert served.status_code == 200
 
 
+@pytest.mark.slow
 async def test_proxy_passes_json_in_and_out() -> None:
     """The deployment reads method, path, query and a JSON body; a dict comes back as JSON,
     a ``Response`` with its status and headers."""
@@ -89,6 +92,7 @@ async def test_proxy_passes_json_in_and_out() -> None:
     assert created.text == "made it"
 
 
+@pytest.mark.slow
 async def test_proxy_user_error_is_500_without_traceback() -> None:
     """A user exception becomes a short 500 that names the error but shows no traceback;
     the application keeps answering."""
@@ -105,6 +109,7 @@ async def test_proxy_user_error_is_500_without_traceback() -> None:
     assert after.status_code == 200
 
 
+@pytest.mark.slow
 async def test_proxy_full_queue_is_503() -> None:
     """With every replica busy and ``max_queued_requests`` waiting, one more request gets
     503 at once; the queued one is served when the replica frees up."""
@@ -135,6 +140,7 @@ async def test_proxy_full_queue_is_503() -> None:
     assert served == (200, "", "done\n")
 
 
+@pytest.mark.slow
 async def test_proxy_queued_request_takes_slot_of_disconnected_client() -> None:
     """When the client holding the only slot hangs up, the queued request is served."""
     async with serve.open_serve(http_port=0) as instance:
@@ -163,6 +169,7 @@ async def test_proxy_queued_request_takes_slot_of_disconnected_client() -> None:
     assert served == (200, "done\n")
 
 
+@pytest.mark.slow
 async def test_proxy_request_timeout_is_504_and_cancels_the_call() -> None:
     """Past ``request_timeout_s`` the client gets 504 and the replica's call is cancelled."""
     async with serve.open_serve(http_port=0, request_timeout_s=0.3) as instance:
@@ -174,6 +181,7 @@ async def test_proxy_request_timeout_is_504_and_cancels_the_call() -> None:
             assert await handle.wait_cancelled.remote("slow") is True
 
 
+@pytest.mark.slow
 async def test_proxy_client_disconnect_cancels_the_replica_call() -> None:
     """A client that hangs up mid-request cancels the call in the replica process."""
     async with serve.open_serve(http_port=0) as instance:
@@ -188,6 +196,7 @@ async def test_proxy_client_disconnect_cancels_the_replica_call() -> None:
             assert await handle.wait_cancelled.remote("gone") is True
 
 
+@pytest.mark.slow
 async def test_proxy_streams_chunks_before_generator_finishes() -> None:
     """A generator ``__call__`` streams: the first chunk reaches the client while the
     generator is still blocked before its second."""
@@ -207,6 +216,7 @@ async def test_proxy_streams_chunks_before_generator_finishes() -> None:
         assert await handle.current_state.remote() == "finished"
 
 
+@pytest.mark.slow
 async def test_proxy_client_disconnect_mid_stream_stops_the_generator() -> None:
     """A client that hangs up during a stream cancels the generator in the replica."""
     async with serve.open_serve(http_port=0) as instance:
@@ -219,6 +229,7 @@ async def test_proxy_client_disconnect_mid_stream_stops_the_generator() -> None:
                 assert await handle.wait_stopped.remote() == "cancelled"
 
 
+@pytest.mark.slow
 async def test_proxy_mid_stream_error_cuts_only_that_response() -> None:
     """A generator that raises mid-stream ends its response early (the client sees an
     incomplete body); the proxy keeps serving everyone else."""
@@ -231,6 +242,7 @@ async def test_proxy_mid_stream_error_cuts_only_that_response() -> None:
         assert (after.status_code, after.text) == (200, "first\nsecond\n")
 
 
+@pytest.mark.slow
 async def test_proxy_mounts_starlette_app_through_factory() -> None:
     """``@serve.ingress(factory)``: Starlette answers under the route prefix (which it sees
     as ``root_path``); handle calls still reach the class's methods."""
@@ -246,6 +258,7 @@ async def test_proxy_mounts_starlette_app_through_factory() -> None:
     assert missing.status_code == 404
 
 
+@pytest.mark.slow
 async def test_proxy_mounts_module_level_starlette_app() -> None:
     """``@serve.ingress(app)`` with an app defined in an importable module works as is."""
     async with serve.open_serve(http_port=0) as instance:
@@ -255,6 +268,7 @@ async def test_proxy_mounts_module_level_starlette_app() -> None:
     assert (hello.status_code, hello.json()) == (200, {"hello": "ann", "root_path": "/web"})
 
 
+@pytest.mark.slow
 async def test_proxy_asgi_path_starting_like_the_prefix() -> None:
     """An ASGI route whose own path begins with the route prefix is still found."""
     async with serve.open_serve(http_port=0) as instance:
@@ -264,6 +278,7 @@ async def test_proxy_asgi_path_starting_like_the_prefix() -> None:
     assert (inner.status_code, inner.text) == (200, "inner route")
 
 
+@pytest.mark.slow
 async def test_proxy_metrics_separate_handle_and_http_counts() -> None:
     """``/-/metrics`` counts handle calls and HTTP requests in their own families."""
     async with serve.open_serve(http_port=0) as instance:
@@ -293,6 +308,7 @@ async def test_proxy_metrics_separate_handle_and_http_counts() -> None:
     assert expected <= lines, sorted(expected - lines)
 
 
+@pytest.mark.slow
 async def test_proxy_operations_endpoints() -> None:
     """``/-/healthz``, ``/-/routes`` and ``/-/status`` describe the running instance."""
     async with serve.open_serve(http_port=0) as instance:
@@ -322,6 +338,7 @@ async def test_proxy_operations_endpoints() -> None:
     assert unknown.status_code == 404
 
 
+@pytest.mark.slow
 async def test_proxy_body_over_limit_is_413() -> None:
     """``http_limits`` bound request bodies: a bigger one gets 413 before any replica sees it."""
     limits = serve.HTTPLimits(max_body_bytes=1000)
@@ -336,6 +353,7 @@ async def test_proxy_body_over_limit_is_413() -> None:
     assert 'method="__http__"} 1' in page.text
 
 
+@pytest.mark.slow
 async def test_proxy_shutdown_answers_http_requests_in_flight() -> None:
     """Leaving the serve block while an HTTP request runs stops new connections at once, but
     that request still gets its answer before the replicas stop."""
@@ -367,6 +385,7 @@ async def test_proxy_shutdown_answers_http_requests_in_flight() -> None:
     assert answer.headers["connection"] == "close"
 
 
+@pytest.mark.slow
 async def test_proxy_metrics_show_requests_in_progress_by_side() -> None:
     """While an HTTP request is held in a replica, the HTTP and replica families count it as
     ongoing and the handle family does not; replicas are counted by state."""

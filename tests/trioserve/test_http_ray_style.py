@@ -37,6 +37,7 @@ async def wait_for_file(path: Path) -> str:
 # -- the request
 
 
+@pytest.mark.slow
 async def test_request_is_a_starlette_request() -> None:
     """``__call__`` gets a Starlette ``Request``: method, URL path, query params (repeated
     ones too), case-insensitive headers, client, body and JSON, empty path params."""
@@ -64,6 +65,7 @@ async def test_request_is_a_starlette_request() -> None:
     assert seen["route"] == "/in"
 
 
+@pytest.mark.slow
 async def test_request_client_is_the_peer_address() -> None:
     """``request.client`` is the address the request came from."""
     async with serve.open_serve(http_port=0) as instance:
@@ -75,6 +77,7 @@ async def test_request_client_is_the_peer_address() -> None:
     assert client[0] == "127.0.0.1"
 
 
+@pytest.mark.slow
 async def test_request_stream_yields_the_body() -> None:
     """``request.stream()`` yields the request body."""
     async with serve.open_serve(http_port=0) as instance:
@@ -84,6 +87,7 @@ async def test_request_stream_yields_the_body() -> None:
     assert response.json() == {"streamed": "raw bytes here"}
 
 
+@pytest.mark.slow
 async def test_request_without_parameter_is_called_without_one() -> None:
     """``def __call__(self)`` is called with no request argument."""
     async with serve.open_serve(http_port=0) as instance:
@@ -96,6 +100,7 @@ async def test_request_without_parameter_is_called_without_one() -> None:
 # -- responses
 
 
+@pytest.mark.slow
 async def test_response_starlette_classes_keep_status_headers_and_cookies(
     tmp_path: Path,
 ) -> None:
@@ -122,6 +127,7 @@ async def test_response_starlette_classes_keep_status_headers_and_cookies(
     assert file.headers["content-type"].startswith("text/csv")
 
 
+@pytest.mark.slow
 async def test_response_streaming_arrives_while_generator_runs() -> None:
     """A ``StreamingResponse`` reaches the client chunk by chunk: the first chunk arrives
     while its generator is blocked before the second."""
@@ -140,6 +146,7 @@ async def test_response_streaming_arrives_while_generator_runs() -> None:
         assert await handle.current_state.remote() == "finished"
 
 
+@pytest.mark.slow
 async def test_response_background_task_runs_after_the_response() -> None:
     """A response's background task runs in the replica once the response was sent."""
     async with serve.open_serve(http_port=0) as instance:
@@ -151,6 +158,7 @@ async def test_response_background_task_runs_after_the_response() -> None:
             assert await handle.wait_background.remote() is True
 
 
+@pytest.mark.slow
 async def test_response_content_length_is_kept() -> None:
     """A ``content-length`` the app sets is what the client gets, with no chunking, even
     when the body was produced in pieces; a generator without one is chunked."""
@@ -170,6 +178,7 @@ async def test_response_content_length_is_kept() -> None:
 # -- status codes
 
 
+@pytest.mark.slow
 async def test_status_failed_constructor_is_503_until_fixed() -> None:
     """An application whose constructor failed answers 503 with the reason (not 404); once
     redeployed with a working constructor it answers 200."""
@@ -186,6 +195,7 @@ async def test_status_failed_constructor_is_503_until_fixed() -> None:
     assert (fixed.status_code, fixed.text) == (200, "fixed")
 
 
+@pytest.mark.slow
 async def test_status_healthz_is_503_until_an_application_has_a_route() -> None:
     """``/-/healthz`` answers 503 before any application has a route, 200 after."""
     async with serve.open_serve(http_port=0) as instance, open_client(instance) as http:
@@ -196,6 +206,7 @@ async def test_status_healthz_is_503_until_an_application_has_a_route() -> None:
     assert (after.status_code, after.text) == (200, "success")
 
 
+@pytest.mark.slow
 async def test_status_request_timeout_cuts_a_stream_and_cancels_it(tmp_path: Path) -> None:
     """``request_timeout_s`` bounds a streamed body too: the stream is cut after it and the
     replica's generator is cancelled."""
@@ -235,6 +246,7 @@ def test_validate_route_prefix_names_the_bad_value() -> None:
 # -- visibility
 
 
+@pytest.mark.slow
 async def test_request_id_round_trips() -> None:
     """A client's ``x-request-id`` is kept, returned and seen by the replica; without one
     the request gets a fresh uuid4 hex, returned and seen alike."""
@@ -255,6 +267,7 @@ async def test_request_id_round_trips() -> None:
     assert len(missing.headers["x-request-id"]) == 32
 
 
+@pytest.mark.slow
 async def test_error_log_names_request_and_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """A user error that becomes a 500 is logged on the serve process with the request id,
     the route, the deployment, the replica and the replica's traceback."""
@@ -275,6 +288,7 @@ async def test_error_log_names_request_and_traceback(caplog: pytest.LogCaptureFi
     assert "http_fixtures.py" in message
 
 
+@pytest.mark.slow
 async def test_access_log_writes_one_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
     """With ``access_log`` the proxy logs method, path, status, duration and request id."""
     caplog.set_level(logging.INFO, logger="trioserve.access")
@@ -293,6 +307,7 @@ async def test_access_log_writes_one_line_per_request(caplog: pytest.LogCaptureF
 # -- FastAPI
 
 
+@pytest.mark.slow
 async def test_fastapi_class_ingress_from_an_imported_module() -> None:
     """An imported FastAPI class-based ingress: ``self`` is the replica's instance (never a
     query parameter), with path, query and body parameters, a dependency, an included
@@ -382,6 +397,7 @@ trio.run(main)
 """
 
 
+@pytest.mark.slow
 async def test_fastapi_class_ingress_defined_in_main_script(tmp_path: Path) -> None:
     """A FastAPI class-based ingress defined in a script run as ``__main__`` (shipped to the
     replica by value) answers as an imported one does."""

@@ -38,6 +38,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 1
             await trio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_lifecycle_several_applications_delete_one() -> None:
     """Deleting one application stops its processes; the others keep serving."""
     async with serve.open_serve(http_port=None) as instance:
@@ -71,6 +72,7 @@ async def test_lifecycle_several_applications_delete_one() -> None:
         await instance.delete("one")  # deleting twice is harmless
 
 
+@pytest.mark.slow
 async def test_lifecycle_run_same_name_replaces_application() -> None:
     """Running an application under a name already in use replaces it."""
     async with serve.open_serve(http_port=None) as instance:
@@ -83,6 +85,7 @@ async def test_lifecycle_run_same_name_replaces_application() -> None:
         assert await handle.remote(2) == 6
 
 
+@pytest.mark.slow
 async def test_lifecycle_open_serve_exit_stops_every_replica_process() -> None:
     """Leaving ``open_serve`` stops every replica process of every application."""
     async with serve.open_serve(http_port=None) as instance:
@@ -96,6 +99,7 @@ async def test_lifecycle_open_serve_exit_stops_every_replica_process() -> None:
     assert all(_gone(pid) for pid in pids)
 
 
+@pytest.mark.slow
 async def test_lifecycle_delete_drains_in_flight_request(tmp_path: Path) -> None:
     """A request already running when its application is deleted still gets its answer."""
     release = tmp_path / "release"
@@ -148,6 +152,7 @@ async def test_lifecycle_killed_replica_fails_fast_and_is_replaced() -> None:
         assert await hanger.was_cancelled.remote("victim") is False  # a fresh object
 
 
+@pytest.mark.slow
 async def test_lifecycle_user_config_reaches_reconfigure() -> None:
     """``user_config`` reaches ``reconfigure`` before the replica takes requests."""
     async with serve.open_serve(http_port=None) as instance:
@@ -163,6 +168,7 @@ async def test_lifecycle_user_config_reaches_reconfigure() -> None:
         assert "no reconfigure() method" in str(info.value.__cause__)
 
 
+@pytest.mark.slow
 async def test_lifecycle_rejected_redeploy_keeps_running_application() -> None:
     """A ``run`` refused for a bad route_prefix leaves the application it would replace."""
     async with serve.open_serve(http_port=None) as instance:
@@ -177,6 +183,7 @@ async def test_lifecycle_rejected_redeploy_keeps_running_application() -> None:
         assert await instance.get_app_handle("b").remote(1) == 2
 
 
+@pytest.mark.slow
 async def test_lifecycle_redeploy_new_user_config_reconfigures_in_place() -> None:
     """Redeploying with a new user_config reconfigures the running replica in place."""
     async with serve.open_serve(http_port=None) as instance:
@@ -189,6 +196,7 @@ async def test_lifecycle_redeploy_new_user_config_reconfigures_in_place() -> Non
         assert _pids(await instance.status(), "cfg") == pids
 
 
+@pytest.mark.slow
 async def test_lifecycle_requests_a_dead_replica_never_read_go_to_another() -> None:
     """Requests sent to a replica that dies before reading them (here: stopped, then
     killed) are retried on the other replica and all succeed; none is lost or failed."""

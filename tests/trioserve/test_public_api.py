@@ -174,7 +174,14 @@ def test_public_api_actors_lowlevel_holds_the_runtime_hooks() -> None:
     """``actors.lowlevel`` names the hooks a framework needs; they are not in ``actors``."""
     import actors.lowlevel
 
-    hooks = ["ActorHost", "StreamSender", "duplex_stream", "method_kind", "push_stream"]
+    hooks = [
+        "ActorHost",
+        "StreamSender",
+        "duplex_stream",
+        "method_kind",
+        "pump_generator",
+        "push_stream",
+    ]
     assert sorted(actors.lowlevel.__all__) == sorted([*hooks, "serve_host"])
     assert not set(actors.lowlevel.__all__) & set(actors.__all__)
     assert repr(actors.lowlevel.ActorHost) == "<class 'actors.lowlevel.ActorHost'>"

@@ -123,6 +123,7 @@ def _replicas(deployment: str, app: str = "default") -> list[serve.ReplicaStatus
 # -- .result() on plain threads, and where it must not block
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_result_in_sync_method_calls_downstream() -> None:
     """A ``def`` method calls a downstream deployment with ``.remote(...).result()``."""
@@ -131,6 +132,7 @@ def test_result_in_sync_method_calls_downstream() -> None:
     assert serve.get([handle.remote(i) for i in range(3)], timeout_s=30) == [0, 3, 6]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_result_from_a_plain_driver_thread() -> None:
     """A DeploymentHandle used on a plain driver thread submits and blocks in ``.result()``."""
@@ -155,6 +157,7 @@ def test_result_from_a_plain_driver_thread() -> None:
     assert results == [6, "scale=3"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_result_timeout_counts_queueing() -> None:
     """``timeout_s`` bounds the whole wait, time queued for a busy replica included."""
@@ -188,6 +191,7 @@ async def test_result_on_trio_thread_raises() -> None:
         assert await serve.get_async(response) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_get_and_wait_take_deployment_responses() -> None:
     """``serve.get`` and ``serve.wait`` take DeploymentResponses on plain threads."""
@@ -247,6 +251,7 @@ def test_status_after_shutdown_starts_nothing() -> None:
 # -- inside replicas
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_replica_context_fields_and_distinct_ids() -> None:
     """``get_replica_context()`` names the app, deployment, replica, node and user object;
@@ -274,6 +279,7 @@ def test_replica_context_fields_and_distinct_ids() -> None:
         serve.get_replica_context()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_get_app_handle_inside_replica_opens_no_listener() -> None:
     """Inside a replica, ``get_app_handle``/``get_deployment_handle`` route from that
@@ -392,6 +398,7 @@ def test_application_walk_names_a_deployment_bound_twice() -> None:
     assert root.args[0][1].deployment.name == "Model"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_nested_application_in_user_objects_becomes_handle() -> None:
     """An Application in a dataclass field, an attrs field or a plain object's attribute
@@ -405,6 +412,7 @@ def test_nested_application_in_user_objects_becomes_handle() -> None:
     assert handle.remote(5).result(timeout_s=30) == [6, 7, 10, 6]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_same_deployment_bound_twice_deploys_two() -> None:
     """One deployment bound twice in an application runs as ``Model`` and ``Model_1``."""

@@ -10,6 +10,7 @@ import trioserve as serve
 from . import serve_fixtures as fx
 
 
+@pytest.mark.slow
 async def test_streaming_items_arrive_in_order() -> None:
     """Async and sync generator methods stream their items in order."""
     async with serve.open_serve(http_port=None) as instance:
@@ -30,6 +31,7 @@ async def test_streaming_items_arrive_in_order() -> None:
         assert [item async for item in first] == list(range(30))
 
 
+@pytest.mark.slow
 async def test_streaming_errors_reach_consumer() -> None:
     """A mid-stream error arrives after the items before it; misuse is a TypeError."""
     async with serve.open_serve(http_port=None) as instance:
@@ -52,6 +54,7 @@ async def test_streaming_errors_reach_consumer() -> None:
         assert await handle.plain.remote() == 1
 
 
+@pytest.mark.slow
 async def test_streaming_consumer_stop_cancels_generator() -> None:
     """Stopping a stream early stops the generator in the replica."""
     async with serve.open_serve(http_port=None) as instance:

@@ -32,6 +32,7 @@ def _replica_pids(status: serve.ServeStatus) -> set[int]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_sync_run_returns_sync_handle() -> None:
     """``serve.run`` gives a SyncHandle; values come from ``.result()`` and ``serve.get``."""
@@ -51,6 +52,7 @@ def test_sync_run_returns_sync_handle() -> None:
         serve.get(42)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_sync_wait_and_timeouts() -> None:
     """``serve.wait`` splits done/pending; a result timeout leaves the request running."""
@@ -81,6 +83,7 @@ def test_sync_wait_and_timeouts() -> None:
     assert serve.get(quick) == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_sync_handles_by_name() -> None:
     """``get_app_handle``, ``get_deployment_handle``, ``Deployment.get_handle()`` work."""
@@ -131,6 +134,7 @@ def test_sync_status_delete_and_errors() -> None:
     assert serve.get_app_handle("b").remote(4).result() == 8
 
 
+@pytest.mark.slow
 def test_sync_shutdown_stops_every_replica_process() -> None:
     """After ``serve.shutdown()`` no replica process is left, and serving can start again."""
     serve.start(http_port=None)
@@ -173,6 +177,7 @@ async def test_sync_handle_in_serve_thread_raises() -> None:
         assert pending.result() == "unblocked"  # a finished response does not block
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_sync_response_inside_containers_and_kwargs() -> None:
     """SyncResponses chain like async responses: in kwargs and inside lists and dicts."""
@@ -182,6 +187,7 @@ def test_sync_response_inside_containers_and_kwargs() -> None:
     assert handle.combine.remote(2, b=one).result() == 201
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sync_serve")
 def test_sync_remote_blocks_until_a_replica_accepts() -> None:
     """With the only slot taken, ``SyncHandle.remote()`` waits in the queue and returns once
@@ -220,6 +226,7 @@ print(" ".join(str(r.pid) for r in serve.status().applications["default"]
 """
 
 
+@pytest.mark.slow
 def test_sync_interpreter_exit_stops_every_replica_process(tmp_path: Path) -> None:
     """A script that ends without ``serve.shutdown()`` still leaves no replica behind."""
     script = tmp_path / "forgets_shutdown.py"

@@ -27,6 +27,7 @@ def test_restart_backoff_doubles_to_a_cap_with_jitter() -> None:
         assert base * 0.8 <= delay <= base * 1.2
 
 
+@pytest.mark.slow
 async def test_unavailable_failed_constructor_fails_requests_at_once() -> None:
     """After a deploy whose constructor raised, a handle call to that application fails
     with DeploymentUnavailableError naming the cause, instead of waiting forever."""

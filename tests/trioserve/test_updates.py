@@ -312,6 +312,7 @@ async def test_updates_scale_down_drains_in_flight_request_and_routes_elsewhere(
         assert _gone(victim)
 
 
+@pytest.mark.slow
 async def test_updates_shutdown_drains_in_flight_request(tmp_path: Path) -> None:
     """Leaving open_serve lets a request that is already running finish with its value."""
     release = tmp_path / "release"
@@ -380,6 +381,7 @@ async def test_updates_inline_request_outliving_grace_period_fails_instead_of_ha
 # -- status of deployments that cannot start
 
 
+@pytest.mark.slow
 async def test_updates_failing_constructor_reported_in_status() -> None:
     """A constructor that raises leaves the application DEPLOY_FAILED with the error text;
     re-running the name with working code brings it up."""

@@ -165,6 +165,7 @@ class _Request:
 
     @property
     def method(self) -> str:
+        """The deployment method the request calls."""
         return self._method
 
     def start_call(self, ref: ActorRef, method: str) -> CallFuture | StreamReceiver:
@@ -289,6 +290,7 @@ class DeploymentResponse(_Request):
         return self._future.wait().__await__()
 
     def done(self) -> bool:
+        """Whether the request has ended (with a value or an error)."""
         return self._future.done()
 
     def result(self, timeout_s: float | None = None) -> Any:
@@ -427,6 +429,7 @@ class DeploymentResponseGenerator(_Request):
         self.upload: RequestUpload | None = RequestUpload(self) if upload else None
 
     def done(self) -> bool:
+        """Whether the stream has ended (items may still be waiting to be read)."""
         return self._finished
 
     # -- the router's contract
@@ -514,6 +517,7 @@ class DeploymentResponseGenerator(_Request):
             inner.cancel()
 
     async def aclose(self) -> None:
+        """Stop the stream (on the replica too), as :meth:`cancel` does."""
         self.cancel()
         await trio.lowlevel.checkpoint()
 

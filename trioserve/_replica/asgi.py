@@ -60,7 +60,7 @@ class MountedASGI:
         try:
             params = inspect.signature(app_or_factory).parameters
         except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
+            params = {}  # type: ignore[assignment]  # why: no signature: no parameters
         self.is_factory = len(params) == 0
 
     def get(self, cls: type | None = None) -> ASGIApp:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -247,10 +247,8 @@ class Replica:
         if self._call_takes_request(fn):
             args = (StarletteRequest(scope, receive),)
         kind = actors.lowlevel.method_kind(fn)
-        if kind == "asyncgen":
-            await _stream_async(emit, fn(*args))
-        elif kind == "syncgen":
-            await _stream_sync(emit, fn(*args))
+        if kind == "asyncgen" or kind == "syncgen":
+            await _stream(emit, fn(*args), kind)
         else:
             if kind == "async":
                 value = await fn(*args)
@@ -265,7 +263,7 @@ class Replica:
             method, model_id = split_method(name)
             return with_model_id(self.__actor_dispatch__(method), model_id)
         if name in _INTERNAL:
-            return getattr(self, _INTERNAL[name])  # type: ignore[no-any-return]
+            return getattr(self, _INTERNAL[name])  # type: ignore[no-any-return]  # why: a method
         if self.is_function:
             if name != "__call__":
                 raise AttributeError(
@@ -280,28 +278,21 @@ class Replica:
             raise AttributeError(f"deployment {self.info.deployment!r} has no method {name!r}")
         if self.asyncio is not None:
             return self.asyncio.wrap(fn)
-        return fn  # type: ignore[no-any-return]
+        return fn  # type: ignore[no-any-return]  # why: checked callable above
 
 
 # -- HTTP responses
 
 
-async def _stream_async(emit: Emit, items: AsyncIterator[Any]) -> None:
+async def _stream(emit: Emit, items: Any, kind: Literal["asyncgen", "syncgen"]) -> None:
+    """A generator's items as a chunked response (``str``/``bytes`` as they are, anything
+    else as JSON lines)."""
     await emit(STREAM_START)
-    async for item in items:
+
+    async def send(item: Any) -> None:
         await emit(chunk_bytes(item))
 
-
-async def _stream_sync(emit: Emit, items: Iterator[Any]) -> None:
-    await emit(STREAM_START)
-    done = object()
-    try:
-        while (item := await trio.to_thread.run_sync(next, items, done)) is not done:
-            await emit(chunk_bytes(item))
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+    await actors.lowlevel.pump_generator(items, kind, send)
 
 
 async def _send_value(emit: Emit, value: Any, scope: dict[str, Any], receive: Receive) -> None:
@@ -311,9 +302,9 @@ async def _send_value(emit: Emit, value: Any, scope: dict[str, Any], receive: Re
         await value(scope, receive, send)
         await send.finish()
     elif inspect.isasyncgen(value):
-        await _stream_async(emit, value)
+        await _stream(emit, value, "asyncgen")
     elif inspect.isgenerator(value):
-        await _stream_sync(emit, value)
+        await _stream(emit, value, "syncgen")
     else:
         start, whole = response_start(value)
         await emit(encode(start))
