@@ -1,4 +1,5 @@
-"""The import graph of each package is a DAG, and the layout says where code runs."""
+"""The import graph of each package is a DAG, the layout says where code runs, and the tests
+of a room's modules mirror the room."""
 
 from __future__ import annotations
 
@@ -121,3 +122,65 @@ def test_rooms_are_documented_in_readme() -> None:
     for path in sorted((ROOT / "trioserve").iterdir()):
         if path.suffix == ".py" or (path.is_dir() and not path.name.startswith("__")):
             assert path.name in layout or path.stem in layout, path.name
+
+
+def mirror_mismatches(tests_dir: Path, package_dir: Path) -> list[str]:
+    """What breaks the mirror between ``tests_dir`` and ``package_dir`` below their room
+    folders (``_<room>/``): a test folder with no package folder at the same place, or no
+    ``__init__.py`` (test files of one name would collide), and a ``test_*.py`` file named
+    after no module there (``test_<module>.py`` or ``test_<module>_<topic>.py``)."""
+    problems = []
+    rooms = [d for d in sorted(tests_dir.iterdir()) if d.is_dir() and d.name.startswith("_")]
+    folders = [f for room in rooms for f in [room, *sorted(room.rglob("*"))] if f.is_dir()]
+    for folder in folders:
+        if "__pycache__" in folder.parts:
+            continue
+        where = folder.relative_to(tests_dir)
+        mirror = package_dir / where
+        if not (mirror / "__init__.py").exists():
+            problems.append(f"{where}/: no package {package_dir.name}/{where}/")
+            continue
+        if not (folder / "__init__.py").exists():
+            problems.append(f"{where}/: no __init__.py")
+        modules = {p.stem for p in mirror.glob("*.py") if p.stem != "__init__"}
+        modules |= {p.parent.name for p in mirror.glob("*/__init__.py")}
+        for test in sorted(folder.glob("test_*.py")):
+            name = test.stem.removeprefix("test_")
+            if not any(name == m or name.startswith(m + "_") for m in modules):
+                problems.append(f"{where / test.name}: no module of that name in {mirror.name}/")
+    return problems
+
+
+def test_mirror_mismatches_reports_each_break(tmp_path: Path) -> None:
+    """The checker itself names a misnamed test file, a folder without ``__init__.py`` and
+    a folder the package lacks, and accepts ``test_<module>_<topic>.py``."""
+    package, tests = tmp_path / "pkg", tmp_path / "tests"
+    for path in ["_room/__init__.py", "_room/router.py", "_room/sub/__init__.py"]:
+        (package / path).parent.mkdir(parents=True, exist_ok=True)
+        (package / path).touch()
+    for path in [
+        "_room/__init__.py",
+        "_room/test_router.py",
+        "_room/test_router_retries.py",
+        "_room/test_routing.py",
+        "_room/test_sub.py",
+        "_room/sub/test_x.py",
+        "_other/__init__.py",
+        "helpers.py",
+    ]:
+        (tests / path).parent.mkdir(parents=True, exist_ok=True)
+        (tests / path).touch()
+    assert mirror_mismatches(tests, package) == [
+        "_other/: no package pkg/_other/",
+        "_room/test_routing.py: no module of that name in _room/",
+        "_room/sub/: no __init__.py",
+        "_room/sub/test_x.py: no module of that name in sub/",
+    ]
+
+
+def test_room_tests_are_named_after_the_room_modules() -> None:
+    """A test file under ``tests/trioserve/_<room>/`` tests one module of
+    ``trioserve/_<room>/`` and is named after it: the tests mirror the package."""
+    tests_dir = ROOT / "tests" / "trioserve"
+    assert {d.name for d in tests_dir.iterdir() if d.name in ROOMS} == set(ROOMS)
+    assert mirror_mismatches(tests_dir, ROOT / "trioserve") == []

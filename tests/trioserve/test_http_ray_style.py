@@ -19,7 +19,7 @@ from trioserve._http.proxy import validate_route_prefix
 
 from . import fastapi_app as fa
 from . import http_fixtures as fx
-from .test_http_proxy import TIMEOUT_S, open_client
+from ._http.test_proxy import TIMEOUT_S, open_client
 
 REPO = Path(__file__).resolve().parents[2]
 

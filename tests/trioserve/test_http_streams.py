@@ -24,8 +24,8 @@ import trioserve as serve
 from trioserve._http.server import HTTPLimits
 
 from . import http_fixtures as fx
-from .test_http_proxy import TIMEOUT_S, open_client
-from .test_http_server_websocket import RawWebSocket
+from ._http.test_proxy import TIMEOUT_S, open_client
+from ._http.test_websocket import RawWebSocket
 
 pytestmark = pytest.mark.slow
 

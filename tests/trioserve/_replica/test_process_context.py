@@ -12,7 +12,7 @@ import trio
 import trioserve as serve
 from trioserve._handles.messages import LoadReport, Membership
 
-from . import serve_fixtures as fx
+from .. import serve_fixtures as fx
 
 
 @serve.deployment

@@ -23,8 +23,8 @@ from trioserve._http.server import (
 )
 from trioserve._replica.http import Request
 
-from .test_http_edge_cases import read_responses
-from .test_http_server import TIMEOUT_S, open_server, raw_request, read_to_eof, status_of
+from .test_server import TIMEOUT_S, open_server, raw_request, read_to_eof, status_of
+from .test_server_edge_cases import read_responses
 
 #: bodies past a few bytes are streamed
 STREAMING = HTTPLimits(inline_body_bytes=16)

@@ -19,7 +19,7 @@ from actors import ActorDiedError, CallCancelledError, CallFuture, RejectedError
 from trioserve._handles.response import DeploymentResponse
 from trioserve._handles.router import Router
 
-from . import serve_fixtures as fx
+from .. import serve_fixtures as fx
 
 # -- real replica processes
 

@@ -15,7 +15,7 @@ import trio.testing
 from trioserve._http.server import HTTPLimits, HTTPReply, HTTPServer, plain
 from trioserve._replica.http import Request
 
-from .test_http_server import TIMEOUT_S, echo, open_server, raw_request, read_to_eof, status_of
+from .test_server import TIMEOUT_S, echo, open_server, raw_request, read_to_eof, status_of
 
 Response = tuple[int, bytes, dict[str, str], bytes]
 

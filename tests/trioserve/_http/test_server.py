@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server alone (``_http_server.serve_http``): a small handler, no replicas."""
+"""The HTTP/1.1 server alone (``trioserve._http.server``): a small handler, no replicas."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ from trioserve._http.server import HTTPLimits, HTTPReply, HTTPServer, plain
 from trioserve._http.websocket import ServerWebSocket, WebSocketDisconnect
 from trioserve._replica.http import Request
 
-from .test_http_edge_cases import read_responses
-from .test_http_server import TIMEOUT_S, open_server, read_to_eof, status_of
+from .test_server import TIMEOUT_S, open_server, read_to_eof, status_of
+from .test_server_edge_cases import read_responses
 
 
 class EchoServer:

@@ -13,7 +13,7 @@ import trio
 
 import trioserve as serve
 
-from . import http_fixtures as fx
+from .. import http_fixtures as fx
 
 TIMEOUT_S = 10.0
 
