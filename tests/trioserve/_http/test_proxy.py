@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -155,8 +156,8 @@ async def test_proxy_queued_request_takes_slot_of_disconnected_client() -> None:
             async with (
                 httpx.AsyncClient(base_url=str(http.base_url)) as busy_client,
                 busy_client.stream("GET", "/g/busy") as busy,
+                contextlib.aclosing(busy.aiter_raw()) as chunks,
             ):
-                chunks = busy.aiter_raw()
                 assert await chunks.__anext__() == b"busy\n"
                 nursery.start_soon(get)
                 await wait_for_metric(
@@ -222,8 +223,11 @@ async def test_proxy_client_disconnect_mid_stream_stops_the_generator() -> None:
     async with serve.open_serve(http_port=0) as instance:
         handle = await instance.run(fx.Chunks.bind(), name="chunks", route_prefix="/c")
         async with open_client(instance) as http:
-            async with http.stream("GET", "/c?wait=1") as response:
-                assert await response.aiter_raw().__anext__() == b"first\n"
+            async with (
+                http.stream("GET", "/c?wait=1") as response,
+                contextlib.aclosing(response.aiter_raw()) as chunks,
+            ):
+                assert await chunks.__anext__() == b"first\n"
             # leaving the block, the response unread, closed the connection mid-stream
             with trio.fail_after(TIMEOUT_S):
                 assert await handle.wait_stopped.remote() == "cancelled"
