@@ -15,13 +15,17 @@ cannot lock out an actor process connecting back) or, when every open one is
 authenticated, is closed at once; one warning is logged per burst.
 ``MAX_CONNECTIONS`` follows the process's open-file limit (:func:`default_max_connections`),
 so that a flood of one listener cannot take the file descriptors the process needs to start
-actor processes and connect to them.
+actor processes and connect to them. Should the process run out of file descriptors (or
+memory) all the same, accepting backs off and logs once per burst (:class:`AcceptBackoff`).
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import math
+import os
 import resource
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -58,6 +62,14 @@ FD_RESERVE_MIN = 64
 CONNECT_TIMEOUT_S = 10.0
 #: how long a closing link waits for the peer's close frame before closing the socket
 DISCONNECT_TIMEOUT_S = 2.0
+#: accept errors that mean "out of file descriptors or memory" (as in trio.serve_listeners):
+#: the listener pauses and tries again
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: the pause after a failed accept: this first, doubling up to the maximum
+ACCEPT_BACKOFF_MIN_S = 0.1
+ACCEPT_BACKOFF_MAX_S = 1.0
+#: at most one warning about failing accepts per this, however many bursts
+ACCEPT_WARNING_INTERVAL_S = 10.0
 
 logger = logging.getLogger("actors.transport")
 
@@ -174,6 +186,51 @@ class ConnectionGate:
             self._on_change(self.active)
 
 
+@attrs.define
+class AcceptBackoff:
+    """How an accept loop answers running out of file descriptors or memory (sans-IO).
+
+    A burst is a run of failed accepts ended by one that succeeds (:meth:`accepted`). Each
+    failure is followed by a pause, ``min_s`` doubling up to ``max_s`` within a burst, so
+    that the loop neither spins nor gives up. The first failure of a burst is to be logged,
+    unless a warning was logged less than ``interval_s`` before (bursts in quick
+    succession -- a descriptor freed, taken by the next connection, out again -- log one
+    line); the line says how many failures went unlogged since the one before.
+    """
+
+    min_s: float = ACCEPT_BACKOFF_MIN_S
+    max_s: float = ACCEPT_BACKOFF_MAX_S
+    interval_s: float = ACCEPT_WARNING_INTERVAL_S
+    _next_pause: float | None = None
+    _last_warning: float = -math.inf
+    _unlogged: int = 0
+
+    def failed(self, now: float) -> AcceptRetry:
+        """Record a failed accept at ``now``: how long to pause, and whether to warn."""
+        first = self._next_pause is None
+        pause = self.min_s if self._next_pause is None else self._next_pause
+        self._next_pause = min(pause * 2, self.max_s)
+        if not (first and now - self._last_warning >= self.interval_s):
+            self._unlogged += 1
+            return AcceptRetry(pause_s=pause, warn=False, unlogged=0)
+        unlogged, self._unlogged, self._last_warning = self._unlogged, 0, now
+        return AcceptRetry(pause_s=pause, warn=True, unlogged=unlogged)
+
+    def accepted(self) -> None:
+        """An accept succeeded: a burst is over (the next failure starts another)."""
+        self._next_pause = None
+
+
+@attrs.frozen(kw_only=True)
+class AcceptRetry:
+    """What to do after a failed accept: pause ``pause_s``, then accept again; log a
+    warning if ``warn`` (``unlogged``: the failures since the last warning, not logged)."""
+
+    pause_s: float
+    warn: bool
+    unlogged: int
+
+
 @attrs.frozen(kw_only=True)
 class GateDecision:
     """What to do with a new connection: admit it or not, close an older one (``evict``)
@@ -205,21 +262,54 @@ async def serve_links(
     first, is closed. ``on_connections(count)`` is called whenever the number of open
     connections changes (for metrics and tests).
 
-    Tasks: the listener and, per connection, a handler and trio-websocket's reader, in this
-    task's nursery; ``task_status.started((host, port))`` once listening. Cancelling closes
-    everything (every socket is closed, none is left to garbage collection).
+    Out of file descriptors (or memory), accepting pauses and tries again (0.1 s, doubling
+    up to 1 s), with one warning per burst of failures (:class:`AcceptBackoff`).
+
+    Tasks: the accept loop and, per connection, a handler and trio-websocket's reader, in
+    this task's nursery; ``task_status.started((host, port))`` once listening. Cancelling
+    closes everything (every socket is closed, none is left to garbage collection).
     """
     if handshake_timeout <= 0:
         raise ValueError(f"handshake_timeout must be > 0 seconds, got {handshake_timeout!r}")
-    secret = _token_bytes(token)
-    gate = ConnectionGate(max_connections, on_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     # one address, one port: a host name resolving to several addresses would get a
     # different port for each with port=0; the first is served
     for extra in listeners[1:]:
         await extra.aclose()
     listener = listeners[0]
-    bound_port: int = listener.socket.getsockname()[1]
+    await _serve_links_on(
+        listener,
+        listener.socket.getsockname()[1],
+        on_link,
+        token=token,
+        host=host,
+        max_message_size=max_message_size,
+        max_connections=max_connections,
+        handshake_timeout=handshake_timeout,
+        on_connections=on_connections,
+        backoff=AcceptBackoff(),
+        task_status=task_status,
+    )
+
+
+async def _serve_links_on(
+    listener: trio.abc.Listener[trio.SocketStream],
+    bound_port: int,
+    on_link: Callable[[WebSocketConnection], Awaitable[None]],
+    *,
+    token: str | bytes,
+    host: str,
+    max_message_size: int,
+    max_connections: int,
+    handshake_timeout: float,
+    on_connections: Callable[[int], None] | None,
+    backoff: AcceptBackoff,
+    task_status: trio.TaskStatus[tuple[str, int]],
+) -> NoReturn:
+    """:func:`serve_links` on a listener already open (bound to ``host:bound_port``),
+    closed when this ends; ``backoff`` paces accepts that fail. Tasks as there."""
+    secret = _token_bytes(token)
+    gate = ConnectionGate(max_connections, on_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
         handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
@@ -250,10 +340,53 @@ async def serve_links(
             gate.leave(handshake)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, [listener])
         task_status.started((host, bound_port))
-        await trio.sleep_forever()
+        await _accept_loop(listener, handle, nursery, backoff, f"{host}:{bound_port}")
     raise AssertionError("unreachable")
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[trio.SocketStream],
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+    backoff: AcceptBackoff,
+    name: str,
+) -> NoReturn:
+    """Accept connections until cancelled, each handled by ``handler`` in a task of
+    ``nursery`` (its stream closed once that returns). Where ``trio.serve_listeners`` logs
+    an error with a traceback for every accept that fails for want of file descriptors or
+    memory, and retries every 0.1 s, this pauses as ``backoff`` says and logs what it says:
+    one line per burst. Other accept errors are raised. Closes ``listener`` when it ends."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                retry = backoff.failed(trio.current_time())
+                if retry.warn:
+                    logger.warning(
+                        "listener %s cannot accept connections (%s); retrying with backoff "
+                        "up to %gs (%d failed accepts not logged since the last warning)",
+                        name,
+                        os.strerror(exc.errno or 0),
+                        backoff.max_s,
+                        retry.unlogged,
+                    )
+                await trio.sleep(retry.pause_s)
+                continue
+            backoff.accepted()
+            nursery.start_soon(_run_handler, handler, stream)
+
+
+async def _run_handler(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+) -> None:
+    try:
+        await handler(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def _serve_connection(

@@ -3,8 +3,8 @@
 One serve instance (``serve.open_serve(http_port=0)``) runs three applications of process
 replicas -- ``echo`` (3 replicas), ``graph`` (an ingress calling two downstream deployments,
 2 replicas each) and ``upper`` (a sync deployment, 2 replicas) -- while workers send
-requests through async handles and over HTTP (httpx), and a killer SIGKILLs a random
-replica process (a PID from ``await instance.status()``) every 1-3 s.
+requests through async handles and over HTTP (``http_client.py``), and a killer SIGKILLs a
+random replica process (a PID from ``await instance.status()``) every 1-3 s.
 
 Every request must end in the right answer (checked against its input) or in a clear
 ``serve.ServeError`` (over HTTP: a 5xx with a body that says what went wrong). A request
@@ -12,30 +12,48 @@ that takes longer than ``REQUEST_TIMEOUT_S`` counts as a hang, an answer that do
 match as a wrong answer, anything else as unexpected: each fails the run. At the end,
 after the instance has closed, no replica process seen during the run may be left.
 
+With ``hostile=True`` a hostile mix of HTTP clients (``hostile.py``: disconnecting
+streamers, idle keep-alive connections up to just under the proxy's connection bound,
+uploaders of 1-byte chunks, HEAD probes) runs beside the legitimate load, against two more
+applications (``stream``, ``sink``); once it has stopped, every deployment's ongoing and
+queued counts must be back to 0 within ``SETTLE_S`` (no slot leaked).
+
+The legitimate load is a closed loop (each worker sends its next request once the last is
+answered: as many as the instance can take), or with ``rate`` that many requests a second
+in all, arriving at random (an open loop, whose latencies a slow spell cannot hide).
+
     python tests/soak/soak.py --duration 30
+    python tests/soak/soak.py --duration 15 --no-kills --hostile --rate 100
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import math
 import os
 import random
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+if __package__ in (None, ""):  # run as a script: make ``tests.soak`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import attrs
-import httpx
+import msgspec
 import psutil
 import trio
 
 import actors
 import trioserve as serve
+from tests.soak.hostile import HostileMix, HostileReport, HostileRun, open_hostile_mix
+from tests.soak.http_client import HTTPClientError, HTTPPool
+from trioserve._control.fd_budget import connection_bounds, open_file_limit
 
 #: a request slower than this is a hang (replica death is noticed at once; restarts take ~1 s)
 REQUEST_TIMEOUT_S = 20.0
@@ -45,27 +63,55 @@ CLOSE_LIMIT_S = 10.0
 PID_SNAPSHOT_INTERVAL_S = 0.2
 HANDLE_WORKERS = {"echo": 4, "graph": 4, "upper": 2}
 HTTP_WORKERS = {"echo": 3, "graph": 3}
+#: the legitimate HTTP client's connections at most (requests beyond them wait for one)
+HTTP_CONNECTIONS = 16
 #: failures over HTTP are answered with one of these, with a body naming the error
 SERVE_ERROR_STATUSES = (500, 503)
+#: once traffic and the hostile mix have stopped, every ongoing and queued count must be 0
+#: within this (a replica's count reaches the proxy through /-/metrics)
+SETTLE_S = 2.0
+SETTLE_POLL_S = 0.05
+#: connections below the proxy's bound that the idle ones leave free: for the legitimate
+#: client's pool, the hostile mix's busy clients, and connections still closing
+BOUND_HEADROOM = 16
+#: the gauges that count requests in flight or queued (all must end at 0)
+IN_FLIGHT_GAUGES = (
+    "trioserve_replica_ongoing_requests",
+    "trioserve_handle_ongoing_requests",
+    "trioserve_handle_queued_requests",
+    "trioserve_http_ongoing_requests",
+    "trioserve_http_queued_requests",
+)
+#: each chunk of the endless stream: big enough that a client that stops reading soon
+#: stalls the proxy's sends (and has unread data when it hangs up, so its socket resets)
+STREAM_CHUNK = "tick\n" + "x" * (16 * 1024)
 
 
 # -- the deployments (module level, so replica processes import them by reference)
 
 
-async def _work(rng: random.Random) -> None:
-    """A few milliseconds of simulated work, so that a killed replica has requests in flight."""
-    await trio.sleep(rng.uniform(0.0, 0.02))  # simulated work, not waiting for a condition
+#: the most simulated work one call does: the chaos soak's (so that a killed replica has
+#: requests in flight), and the hostile soak's (which measures the serving path's latency,
+#: not the work's)
+CHAOS_WORK_S = 0.02
+HOSTILE_WORK_S = 0.002
+
+
+async def _work(rng: random.Random, most_s: float) -> None:
+    """Up to ``most_s`` of simulated work."""
+    await trio.sleep(rng.uniform(0.0, most_s))  # simulated work, not waiting for a condition
 
 
 @serve.deployment(num_replicas=3, max_ongoing_requests=16)
 class Echo:
     """``x -> 3x + 1``; over HTTP the body is ``{"x": x}`` and the answer ``{"x": x, "y": y}``."""
 
-    def __init__(self) -> None:
+    def __init__(self, work_s: float = CHAOS_WORK_S) -> None:
         self.rng = random.Random()
+        self.work_s = work_s
 
     async def __call__(self, x: Any) -> Any:
-        await _work(self.rng)
+        await _work(self.rng, self.work_s)
         if isinstance(x, serve.Request):
             n = (await x.json())["x"]
             return {"x": n, "y": 3 * n + 1}
@@ -76,11 +122,12 @@ class Echo:
 class Left:
     """``x -> x + 7``."""
 
-    def __init__(self) -> None:
+    def __init__(self, work_s: float = CHAOS_WORK_S) -> None:
         self.rng = random.Random()
+        self.work_s = work_s
 
     async def __call__(self, x: int) -> int:
-        await _work(self.rng)
+        await _work(self.rng, self.work_s)
         return x + 7
 
 
@@ -88,11 +135,12 @@ class Left:
 class Right:
     """``x -> x * x``."""
 
-    def __init__(self) -> None:
+    def __init__(self, work_s: float = CHAOS_WORK_S) -> None:
         self.rng = random.Random()
+        self.work_s = work_s
 
     async def __call__(self, x: int) -> int:
-        await _work(self.rng)
+        await _work(self.rng, self.work_s)
         return x * x
 
 
@@ -126,13 +174,45 @@ class Upper:
         return s.upper()[::-1]
 
 
-def applications() -> dict[str, tuple[serve.Application, str]]:
-    """Name -> (application, route prefix)."""
-    return {
-        "echo": (Echo.bind(), "/echo"),
-        "graph": (Ingress.bind(Left.bind(), Right.bind()), "/graph"),
+@serve.deployment(num_replicas=1, max_ongoing_requests=16)
+class Ticker:
+    """``/stream/forever`` streams a STREAM_CHUNK every 10 ms until cancelled (the
+    disconnecting streamers' target); ``/stream/once`` one line (a HEAD probe's)."""
+
+    async def __call__(self, request: serve.Request) -> AsyncIterator[str]:
+        if request.url.path.endswith("/once"):
+            yield "done\n"
+            return
+        while True:
+            yield STREAM_CHUNK
+            await trio.sleep(0.01)  # the producer's pace, as a model's would be
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=16)
+class Sink:
+    """Reads a request body as it streams in; answers ``{"bytes": n, "sum": s}``."""
+
+    async def __call__(self, request: serve.Request) -> dict[str, int]:
+        count = total = 0
+        async for chunk in request.stream():
+            count += len(chunk)
+            total += sum(chunk)
+        return {"bytes": count, "sum": total}
+
+
+def applications(*, hostile: bool = False) -> dict[str, tuple[serve.Application, str]]:
+    """Name -> (application, route prefix); with ``hostile``, the hostile mix's targets
+    too, and less simulated work (``HOSTILE_WORK_S``)."""
+    work_s = HOSTILE_WORK_S if hostile else CHAOS_WORK_S
+    apps = {
+        "echo": (Echo.bind(work_s), "/echo"),
+        "graph": (Ingress.bind(Left.bind(work_s), Right.bind(work_s)), "/graph"),
         "upper": (Upper.bind(), "/upper"),
     }
+    if hostile:
+        apps["stream"] = (Ticker.bind(), "/stream")
+        apps["sink"] = (Sink.bind(), "/sink")
+    return apps
 
 
 # -- the report
@@ -160,12 +240,27 @@ class Report:
     #: the first few wrong answers and unexpected failures, verbatim
     samples: list[str]
     p99_latency_s: float
+    #: the same, of requests through handles and over HTTP
+    handle_p99_latency_s: float
+    http_p99_latency_s: float
     max_latency_s: float
     kills: int
     replica_pids_seen: int
     #: replica (or other child) processes still running after the instance closed
     leftover_processes: list[int]
     close_s: float
+    #: the in-flight and queued gauges (IN_FLIGHT_GAUGES, by deployment) not back to 0
+    #: SETTLE_S after traffic stopped (must be empty: anything here is a leaked slot)
+    in_flight_after: dict[str, float]
+    #: how long they took to get back to 0
+    settle_s: float
+    #: the proxy's connection bound, and what the hostile mix did (with ``hostile``)
+    http_connection_bound: int
+    hostile: HostileReport | None
+
+    @property
+    def success_rate(self) -> float:
+        return self.succeeded / max(self.sent, 1)
 
     @property
     def failed_total(self) -> int:
@@ -183,6 +278,12 @@ class Report:
             found.append(f"processes left over: {self.leftover_processes}")
         if self.close_s > CLOSE_LIMIT_S:
             found.append(f"the instance took {self.close_s:.1f}s to close")
+        if self.in_flight_after:
+            found.append(
+                f"still in flight {SETTLE_S}s after traffic stopped: {self.in_flight_after}"
+            )
+        if self.hostile is not None:
+            found += self.hostile.problems()
         if self.sent != self.succeeded + self.failed_total + self.wrong + self.hangs + sum(
             self.unexpected.values()
         ):
@@ -201,11 +302,23 @@ class Report:
         lines += [
             f"  wrong answers {self.wrong}, hangs {self.hangs}, unexpected {self.unexpected}",
             *(f"    e.g. {sample}" for sample in self.samples),
-            f"  p99 latency {1000 * self.p99_latency_s:.1f} ms, "
+            f"  p99 latency {1000 * self.p99_latency_s:.1f} ms (handles "
+            f"{1000 * self.handle_p99_latency_s:.1f} ms, HTTP "
+            f"{1000 * self.http_p99_latency_s:.1f} ms), "
             f"longest request {1000 * self.max_latency_s:.1f} ms",
-            f"  leftover processes {self.leftover_processes}, instance closed in "
-            f"{self.close_s:.2f}s",
+            f"  in flight after traffic: {self.in_flight_after or 'none'} "
+            f"(settled in {self.settle_s:.2f}s)",
         ]
+        if self.hostile is not None:
+            lines += [
+                self.hostile.summary(),
+                f"    (proxy connection bound {self.http_connection_bound})",
+                *(f"    e.g. {sample}" for sample in self.hostile.samples),
+            ]
+        lines.append(
+            f"  leftover processes {self.leftover_processes}, instance closed in "
+            f"{self.close_s:.2f}s"
+        )
         problems = self.problems()
         lines.append("  OK" if not problems else f"  PROBLEMS: {problems}")
         return "\n".join(lines)
@@ -220,14 +333,17 @@ class _Tally:
     failed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     unexpected: collections.Counter[str] = attrs.field(factory=collections.Counter)
     latencies: list[float] = attrs.field(factory=list)
+    #: ``handle`` / ``http`` -> latencies
+    by_source: dict[str, list[float]] = attrs.field(factory=lambda: collections.defaultdict(list))
     #: (pid, create_time) of every replica process seen
     seen: set[tuple[int, float]] = attrs.field(factory=set)
     kills: int = 0
     samples: list[str] = attrs.field(factory=list)
 
-    def record(self, outcome: Outcome, latency: float) -> None:
+    def record(self, outcome: Outcome, latency: float, source: str) -> None:
         kind, key, message = outcome
         self.latencies.append(latency)
+        self.by_source[source].append(latency)
         if kind == "ok":
             self.succeeded += 1
         elif kind == "failed":
@@ -253,14 +369,21 @@ def _percentile(values: list[float], q: float) -> float:
 # -- traffic
 
 
-async def _timed(tally: _Tally, what: str, attempt: Callable[[], Awaitable[Outcome]]) -> None:
-    """Run one request, bounded by REQUEST_TIMEOUT_S, and record how it ended."""
+async def _timed(
+    tally: _Tally,
+    source: str,
+    what: str,
+    attempt: Callable[[], Awaitable[Outcome]],
+    due: float | None,
+) -> None:
+    """Run one request, bounded by REQUEST_TIMEOUT_S, and record how it ended. Its latency
+    counts from ``due`` (when it was to be sent: a late start counts), or from now."""
     tally.sent += 1
-    started = trio.current_time()
+    started = trio.current_time() if due is None else due
     outcome: Outcome = ("hang", "", f"{what} did not end within {REQUEST_TIMEOUT_S}s")
-    with trio.move_on_after(REQUEST_TIMEOUT_S):
+    with trio.move_on_at(started + REQUEST_TIMEOUT_S):
         outcome = await attempt()
-    tally.record(outcome, trio.current_time() - started)
+    tally.record(outcome, trio.current_time() - started, source)
 
 
 def _expected(app: str, x: Any) -> Any:
@@ -271,30 +394,56 @@ def _expected(app: str, x: Any) -> Any:
     return x.upper()[::-1]
 
 
-async def _handle_worker(
-    tally: _Tally, handle: serve.DeploymentHandle, app: str, rng: random.Random, until: float
+#: one request of a worker: ``send(due)`` (``due``: see ``_timed``)
+Send = Callable[[float | None], Awaitable[None]]
+
+
+async def _worker(send: Send, rng: random.Random, until: float, rate: float | None) -> None:
+    """Send requests until ``until``: with ``rate`` None, each as soon as the last one is
+    answered (closed loop: as many as the instance can take); else arriving at random
+    (Poisson) at ``rate`` a second, each in a task of its own however long the others take
+    (open loop: a slow answer delays no later request, and is not hidden by one)."""
+    if rate is None:
+        while trio.current_time() < until:
+            await send(None)
+        return
+    async with trio.open_nursery() as requests:
+        due = trio.current_time()
+        while True:
+            due += rng.expovariate(rate)
+            if due >= until:
+                return
+            await trio.sleep_until(due)  # the arrival schedule, not a wait
+            requests.start_soon(send, due)
+
+
+async def _handle_request(
+    tally: _Tally,
+    handle: serve.DeploymentHandle,
+    app: str,
+    rng: random.Random,
+    due: float | None,
 ) -> None:
-    while trio.current_time() < until:
-        x: Any = rng.randrange(10**6)
-        if app == "upper":
-            x = f"word-{x}-{rng.choice('abcxyz')}"
+    x: Any = rng.randrange(10**6)
+    if app == "upper":
+        x = f"word-{x}-{rng.choice('abcxyz')}"
 
-        async def attempt(x: Any = x) -> Outcome:
-            try:
-                value = await handle.remote(x)
-            except serve.ServeError as exc:
-                return "failed", f"handle {type(exc).__name__}", str(exc)
-            except Exception as exc:
-                kind = f"handle {type(exc).__name__}"
-                if isinstance(exc, actors.RemoteError):  # say which remote type it stands for
-                    kind += f"({exc.type_name})"
-                return "unexpected", kind, f"{app}({x!r}) raised {exc!r}"
-            want = _expected(app, x)
-            if value != want:
-                return "wrong", app, f"{app}({x!r}) gave {value!r}, want {want!r}"
-            return OK
+    async def attempt() -> Outcome:
+        try:
+            value = await handle.remote(x)
+        except serve.ServeError as exc:
+            return "failed", f"handle {type(exc).__name__}", str(exc)
+        except Exception as exc:
+            kind = f"handle {type(exc).__name__}"
+            if isinstance(exc, actors.RemoteError):  # say which remote type it stands for
+                kind += f"({exc.type_name})"
+            return "unexpected", kind, f"{app}({x!r}) raised {exc!r}"
+        want = _expected(app, x)
+        if value != want:
+            return "wrong", app, f"{app}({x!r}) gave {value!r}, want {want!r}"
+        return OK
 
-        await _timed(tally, f"handle {app}({x!r})", attempt)
+    await _timed(tally, "handle", f"handle {app}({x!r})", attempt, due)
 
 
 def _serve_error_named(body: str) -> str | None:
@@ -306,13 +455,12 @@ def _serve_error_named(body: str) -> str | None:
     return None
 
 
-def _judge_http(app: str, x: int, response: httpx.Response) -> Outcome:
-    status = response.status_code
+def _judge_http(app: str, x: int, status: int, answer: bytes) -> Outcome:
     if status == 200:
         try:
-            value = response.json()
-        except ValueError:
-            return "wrong", app, f"HTTP {app}({x}) gave a non-JSON body {response.text[:80]!r}"
+            value = msgspec.json.decode(answer)
+        except msgspec.DecodeError:
+            return "wrong", app, f"HTTP {app}({x}) gave a non-JSON body {answer[:80]!r}"
         if app == "echo":
             want: Any = {"x": x, "y": 3 * x + 1}
         else:
@@ -320,7 +468,7 @@ def _judge_http(app: str, x: int, response: httpx.Response) -> Outcome:
         if value != want:
             return "wrong", app, f"HTTP {app}({x}) gave {value!r}, want {want!r}"
         return OK
-    body = response.text.strip()
+    body = answer.decode(errors="replace").strip()
     if status in SERVE_ERROR_STATUSES and body:
         name = _serve_error_named(body)
         if name is not None:
@@ -330,26 +478,25 @@ def _judge_http(app: str, x: int, response: httpx.Response) -> Outcome:
     return "unexpected", f"HTTP {status}", f"HTTP {app}({x}) {status}: {body[:160]!r}"
 
 
-async def _http_worker(
-    tally: _Tally, client: httpx.AsyncClient, app: str, rng: random.Random, until: float
+async def _http_request(
+    tally: _Tally, client: HTTPPool, app: str, rng: random.Random, due: float | None
 ) -> None:
-    while trio.current_time() < until:
-        x = rng.randrange(10**6)
+    x = rng.randrange(10**6)
 
-        async def attempt(x: int = x) -> Outcome:
-            try:
-                if app == "echo":
-                    response = await client.post("/echo", json={"x": x})
-                else:
-                    response = await client.get("/graph", params={"x": x})
-            except httpx.TimeoutException as exc:
-                return "hang", "", f"HTTP {app}({x}) timed out in httpx: {exc!r}"
-            except httpx.HTTPError as exc:
-                kind = f"HTTP {type(exc).__name__}"
-                return "unexpected", kind, f"HTTP {app}({x}) raised {exc!r}"
-            return _judge_http(app, x, response)
+    async def attempt() -> Outcome:
+        try:
+            if app == "echo":
+                body = msgspec.json.encode({"x": x})
+                headers = [("content-type", "application/json")]
+                answer = await client.request("POST", "/echo", body=body, headers=headers)
+            else:
+                answer = await client.request("GET", f"/graph?x={x}")
+        except HTTPClientError as exc:
+            kind = f"HTTP {type(exc.__cause__).__name__}"
+            return "unexpected", kind, f"HTTP {app}({x}) raised {exc!r}"
+        return _judge_http(app, x, *answer)
 
-        await _timed(tally, f"HTTP {app}({x})", attempt)
+    await _timed(tally, "http", f"HTTP {app}({x})", attempt, due)
 
 
 # -- chaos
@@ -422,36 +569,118 @@ def _leftovers(tally: _Tally, children_before: set[int]) -> list[int]:
     return sorted(left)
 
 
-async def run_soak(duration_s: float, *, seed: int | None = None) -> Report:
+def _in_flight(page: str) -> dict[str, float]:
+    """The IN_FLIGHT_GAUGES samples of a ``/-/metrics`` page that are not 0."""
+    found = {}
+    for line in page.splitlines():
+        name, _, rest = line.partition("{")
+        if name in IN_FLIGHT_GAUGES:
+            labels, _, value = rest.rpartition("} ")
+            if float(value) != 0:
+                found[f"{name}{{{labels}}}"] = float(value)
+    return found
+
+
+async def _settle(client: HTTPPool) -> tuple[dict[str, float], float]:
+    """Poll ``/-/metrics`` until nothing is in flight or queued, for up to SETTLE_S: what
+    is still in flight then (empty: nothing), and how long it took."""
+    started = trio.current_time()
+    left: dict[str, float] = {"/-/metrics": math.nan}
+    with trio.move_on_after(SETTLE_S):
+        while True:
+            status, page = await client.request("GET", "/-/metrics")
+            left = _in_flight(page.decode()) if status == 200 else {"/-/metrics": -1.0}
+            if not left:
+                break
+            # replicas' counts are another process's: there is no event to wait for
+            await trio.sleep(SETTLE_POLL_S)
+    return left, trio.current_time() - started
+
+
+def hostile_mix_for(bound: int) -> HostileMix:
+    """The hostile mix, with as many idle connections as leave BOUND_HEADROOM of the
+    proxy's ``bound`` free beside the legitimate client's pool and the mix's busy clients."""
+    mix = HostileMix()
+    idle = bound - HTTP_CONNECTIONS - mix.busy_connections - BOUND_HEADROOM
+    return attrs.evolve(mix, idle=max(0, idle))
+
+
+@contextlib.asynccontextmanager
+async def _maybe_hostile(
+    instance: serve.ServeInstance, mix: HostileMix | None
+) -> AsyncIterator[HostileRun]:
+    """Run ``mix`` for this block, if any (see ``open_hostile_mix``); without one, the run
+    yielded never gets a report."""
+    if mix is None:
+        yield HostileRun()
+        return
+    assert instance.http_port is not None
+    async with open_hostile_mix(instance.http_host, instance.http_port, mix) as run:
+        yield run
+
+
+async def _traffic(
+    tally: _Tally,
+    handles: dict[str, serve.DeploymentHandle],
+    client: HTTPPool,
+    rng: random.Random,
+    until: float,
+    rate: float | None,
+) -> None:
+    """The legitimate load until ``until``: HANDLE_WORKERS and HTTP_WORKERS workers (see
+    ``_worker``), sharing ``rate`` requests a second equally, if given."""
+    sends: list[Send] = []
+    for name, count in HANDLE_WORKERS.items():
+        for _ in range(count):
+            wrng = random.Random(rng.random())
+            sends.append(functools.partial(_handle_request, tally, handles[name], name, wrng))
+    for name, count in HTTP_WORKERS.items():
+        for _ in range(count):
+            wrng = random.Random(rng.random())
+            sends.append(functools.partial(_http_request, tally, client, name, wrng))
+    each = None if rate is None else rate / len(sends)
+    async with trio.open_nursery() as traffic:
+        for send in sends:
+            traffic.start_soon(_worker, send, random.Random(rng.random()), until, each)
+
+
+async def run_soak(
+    duration_s: float,
+    *,
+    seed: int | None = None,
+    kill_replicas: bool = True,
+    hostile: bool = False,
+    rate: float | None = None,
+) -> Report:
+    """``duration_s`` of legitimate traffic (closed loop, or ``rate`` requests a second:
+    see ``_worker``); with ``kill_replicas`` a replica SIGKILLed every 1-3 s, with
+    ``hostile`` the hostile mix beside it (started first, so that the traffic runs with
+    the idle connections open)."""
     rng = random.Random(seed)
     tally = _Tally()
     children_before = _descendants()
     started = trio.current_time()
-    async with serve.open_serve(http_port=0) as instance:
+    # the proxy's own default bound, passed explicitly so that the idle connections are
+    # known to stay under it
+    bound = connection_bounds(open_file_limit()).http
+    limits = serve.HTTPLimits(max_connections=bound)
+    mix = hostile_mix_for(bound) if hostile else None
+    async with serve.open_serve(http_port=0, http_limits=limits) as instance:
         handles = {}
-        for name, (app, prefix) in applications().items():
+        for name, (app, prefix) in applications(hostile=hostile).items():
             handles[name] = await instance.run(app, name=name, route_prefix=prefix)
         _remember(tally, await _replica_pids(instance))
-        until = trio.current_time() + duration_s
-        async with (
-            httpx.AsyncClient(
-                base_url=instance.http_url or "",
-                timeout=REQUEST_TIMEOUT_S + 5,
-                limits=httpx.Limits(max_connections=sum(HTTP_WORKERS.values())),
-            ) as client,
-            trio.open_nursery() as nursery,
-        ):
+        assert instance.http_port is not None
+        client = HTTPPool(instance.http_host, instance.http_port, HTTP_CONNECTIONS)
+        async with contextlib.aclosing(client), trio.open_nursery() as nursery:
             nursery.start_soon(_watch_pids, instance, tally)
-            nursery.start_soon(_killer, instance, tally, random.Random(rng.random()), until)
-            async with trio.open_nursery() as traffic:
-                for name, count in HANDLE_WORKERS.items():
-                    for _ in range(count):
-                        args = (tally, handles[name], name, random.Random(rng.random()), until)
-                        traffic.start_soon(_handle_worker, *args)
-                for name, count in HTTP_WORKERS.items():
-                    for _ in range(count):
-                        args = (tally, client, name, random.Random(rng.random()), until)
-                        traffic.start_soon(_http_worker, *args)
+            async with _maybe_hostile(instance, mix) as hostile_run:
+                until = trio.current_time() + duration_s
+                if kill_replicas:
+                    killer_rng = random.Random(rng.random())
+                    nursery.start_soon(_killer, instance, tally, killer_rng, until)
+                await _traffic(tally, handles, client, rng, until, rate)
+            in_flight_after, settle_s = await _settle(client)
             _remember(tally, await _replica_pids(instance))
             nursery.cancel_scope.cancel()
         closing = trio.current_time()
@@ -466,25 +695,61 @@ async def run_soak(duration_s: float, *, seed: int | None = None) -> Report:
         unexpected=dict(tally.unexpected),
         samples=list(tally.samples),
         p99_latency_s=_percentile(tally.latencies, 0.99),
+        handle_p99_latency_s=_percentile(tally.by_source["handle"], 0.99),
+        http_p99_latency_s=_percentile(tally.by_source["http"], 0.99),
         max_latency_s=max(tally.latencies, default=0.0),
         kills=tally.kills,
         replica_pids_seen=len(tally.seen),
         leftover_processes=_leftovers(tally, children_before),
         close_s=close_s,
+        in_flight_after=in_flight_after,
+        settle_s=settle_s,
+        http_connection_bound=bound,
+        hostile=hostile_run.report,
     )
 
 
-def main(duration_s: float, *, seed: int | None = None) -> Report:
-    """Run a soak of ``duration_s`` seconds of traffic and chaos; returns its report."""
-    return trio.run(functools.partial(run_soak, duration_s, seed=seed))
+def main(
+    duration_s: float,
+    *,
+    seed: int | None = None,
+    kill_replicas: bool = True,
+    hostile: bool = False,
+    rate: float | None = None,
+) -> Report:
+    """Run a soak of ``duration_s`` seconds of traffic (see :func:`run_soak`); returns its
+    report."""
+    run = functools.partial(
+        run_soak,
+        duration_s,
+        seed=seed,
+        kill_replicas=kill_replicas,
+        hostile=hostile,
+        rate=rate,
+    )
+    return trio.run(run)
 
 
 def _cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of traffic")
     parser.add_argument("--seed", type=int, default=None, help="seed for the chaos schedule")
+    parser.add_argument("--no-kills", action="store_true", help="kill no replica")
+    parser.add_argument("--hostile", action="store_true", help="run the hostile mix beside")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="legitimate requests a second (default: a closed loop)",
+    )
     options = parser.parse_args()
-    report = main(options.duration, seed=options.seed)
+    report = main(
+        options.duration,
+        seed=options.seed,
+        kill_replicas=not options.no_kills,
+        hostile=options.hostile,
+        rate=options.rate,
+    )
     print(report.summary())
     return 1 if report.problems() else 0
 
@@ -492,7 +757,6 @@ def _cli() -> int:
 if __name__ == "__main__":
     # Run as a script: import this file as ``tests.soak.soak`` so that replica processes
     # import the deployments by reference (they get this process's sys.path).
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.soak import soak
 
     sys.exit(soak._cli())

@@ -59,6 +59,10 @@ METRICS_TIMEOUT_S = 2.0
 LATE_ERROR_WAIT_S = 1.0
 #: the longest ``x-request-id`` taken from a client (a longer one is replaced)
 MAX_REQUEST_ID_CHARS = 200
+#: a streamed request body is sent on in chunks of what arrived within this time ...
+UPLOAD_GATHER_S = 0.005
+#: ... up to this size
+UPLOAD_CHUNK_BYTES = 64 * 1024
 #: how long an app may take to end its WebSocket session once the client has closed
 WS_CLOSE_GRACE_S = 2.0
 logger = logging.getLogger("trioserve")
@@ -121,6 +125,30 @@ async def _collect(stream: Any) -> bytes:
             break
         parts.append(bytes(chunk))
     return b"".join(parts)
+
+
+async def _gather_body(body: Any) -> tuple[bytes, bool]:
+    """The next part of a streamed request body, and whether the body ended: what arrives
+    within ``UPLOAD_GATHER_S`` of the first bytes is sent as one chunk, up to
+    ``UPLOAD_CHUNK_BYTES``, so a client trickling its body byte by byte costs one message
+    to the replica per few milliseconds, not one per byte (reads are cancel-safe: bytes
+    already received stay in the body's buffer)."""
+    first = await body.read()
+    if first is None:
+        return b"", True
+    parts, size = [first], len(first)
+    deadline = trio.current_time() + UPLOAD_GATHER_S
+    while size < UPLOAD_CHUNK_BYTES:
+        more: bytes | None = b""
+        with trio.move_on_at(deadline):
+            more = await body.read()
+        if more is None:
+            return b"".join(parts), True
+        if not more:  # the gathering time is up
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts), False
 
 
 class _Relay:
@@ -397,8 +425,11 @@ class HTTPProxy:
         upload = stream.upload
         assert upload is not None
         try:
-            async for chunk in body:
-                await upload.send(chunk)
+            ended = False
+            while not ended:
+                chunk, ended = await _gather_body(body)
+                if chunk:
+                    await upload.send(chunk)
             upload.end()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the request ended (answered, failed or cancelled)

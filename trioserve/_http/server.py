@@ -497,12 +497,17 @@ class _Connection:
                 raise _ClientGone
             await self.receive()
 
-    async def send(self, event: h11.Event) -> None:
+    async def send(self, *events: h11.Event) -> None:
         async with self._sending:
-            await self._send_locked(event)
+            await self._send_locked(*events)
 
-    async def _send_locked(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+    async def _send_locked(self, *events: h11.Event) -> None:
+        """Send ``events`` in one write (a whole answer: one syscall, one wake-up of the
+        client)."""
+        if len(events) == 1:
+            data = self.conn.send(events[0])
+        else:
+            data = b"".join(self.conn.send(event) or b"" for event in events)
         if not data:
             return
         with trio.move_on_after(self.limits.send_timeout_s) as timer:
@@ -958,11 +963,14 @@ class _Connection:
         )
         self.streaming = not isinstance(body, bytes) and not head
         try:
-            await self.send(response)
             if isinstance(body, bytes):
                 if body and not head:
-                    await self.send(h11.Data(data=body))
-            elif not head and not await self._send_chunks(body):
+                    await self.send(response, h11.Data(data=body), h11.EndOfMessage())
+                else:
+                    await self.send(response, h11.EndOfMessage())
+                return True
+            await self.send(response)
+            if not head and not await self._send_chunks(body):
                 return False
             await self.send(h11.EndOfMessage())
             return True
