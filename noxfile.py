@@ -32,6 +32,10 @@ def _find_pyenv_pythons() -> None:
 
 
 _find_pyenv_pythons()
+# uv installs without compiling bytecode (pip compiles it); where PYTHONDONTWRITEBYTECODE
+# is set, every replica process would then compile its dependencies from source again,
+# which made the slow tests take twice as long
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 
 @nox.session(python="3.11")
