@@ -18,6 +18,7 @@ from ._link import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from ._link import HEARTBEAT_TIMEOUT_S as HEARTBEAT_TIMEOUT_S
 from ._process import ActorSystem as ActorSystem
 from ._process import open_actor_system as open_actor_system
+from ._public import fixup_module_metadata as _fixup_module_metadata
 from ._ref import ActorRef as ActorRef
 from ._ref import RemoteRef as RemoteRef
 from ._serve import instance_token as instance_token
@@ -82,16 +83,5 @@ __all__ = [
 ]
 
 
-def _fixup_module_metadata() -> None:
-    """Public names say where users import them from: reprs and tracebacks read
-    ``actors.Name``, not the private module that defines it (trio does the same)."""
-    namespace = globals()
-    for name in __all__:
-        obj = namespace[name]
-        module = getattr(obj, "__module__", "")
-        if module.startswith("actors._") and getattr(obj, "__qualname__", None) == name:
-            obj.__module__ = "actors"
-
-
-_fixup_module_metadata()
+_fixup_module_metadata(globals(), __all__, "actors")
 del _fixup_module_metadata

@@ -7,7 +7,7 @@ returns a :class:`CallFuture`; ``submit_stream`` returns a :class:`StreamReceive
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -265,29 +265,30 @@ class RemoteRef:
         event = self.protocol.receive(env)
         if event is None:
             return  # acknowledgements, heartbeats, envelopes that crossed a cancel
-        _kind, owner = event
-        match env:
-            case _wire.Result(value=value):
-                try:
-                    decoded = _codec.decode_value(value)
-                except Exception as exc:  # why: a bad payload fails its call, not the link
-                    owner.set_error(exc)
-                else:
-                    owner.set_result(decoded)
-            case _wire.StreamItem(id=call_id, value=value):
-                try:
-                    owner.push(_codec.decode_value(value))
-                except Exception as exc:  # why: a bad item ends its stream, not the link
-                    self._cancel(call_id)
-                    owner.finish(exc)
-            case _wire.StreamEnd():
-                owner.finish()
-            case _wire.Failure(error=error):
-                self._fail(owner, _codec.decode_error(error))
-            case _wire.Rejected(reason=reason):
-                self._fail(owner, RejectedError(reason, actor=self.name))
-            case _wire.StreamAck() if owner.sender is not None:
-                owner.sender.grant()
+        # the books already told the envelope's kind: dispatch on it, not on the type again
+        kind, owner = event
+        if kind == _protocol.RESULT:
+            try:
+                value = _codec.decode_value(cast(_wire.Result, env).value)
+            except Exception as exc:  # why: a bad payload fails its call, not the link
+                owner.set_error(exc)
+            else:
+                owner.set_result(value)
+        elif kind == _protocol.ITEM:
+            item = cast(_wire.StreamItem, env)
+            try:
+                owner.push(_codec.decode_value(item.value))
+            except Exception as exc:  # why: a bad item ends its stream, not the link
+                self._cancel(item.id)
+                owner.finish(exc)
+        elif kind == _protocol.END:
+            owner.finish()
+        elif kind == _protocol.FAILURE:
+            self._fail(owner, _codec.decode_error(cast(_wire.Failure, env).error))
+        elif kind == _protocol.REJECTED:
+            self._fail(owner, RejectedError(cast(_wire.Rejected, env).reason, actor=self.name))
+        elif kind == _protocol.CREDIT and owner.sender is not None:
+            owner.sender.grant()
 
     @staticmethod
     def _fail(owner: CallFuture | StreamReceiver, error: BaseException) -> None:

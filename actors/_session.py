@@ -9,7 +9,7 @@ message held before any of them starts (see ``actors._protocol`` for the rules).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -83,22 +83,23 @@ class HostSession:
             return
         if event is None:
             return
-        _kind, owner = event
-        match env:
-            case _wire.Call():
-                self._on_call(env)
-            case _wire.Cancel():
-                self.host.cancel(owner.running)
-            case _wire.StreamAck() if owner.credit is not None:
+        # the books already told the envelope's kind: dispatch on it, not on the type again
+        kind, owner = event
+        if kind == _protocol.CALL:
+            self._on_call(cast(_wire.Call, env))
+        elif kind == _protocol.CANCEL:
+            self.host.cancel(owner.running)
+        elif kind == _protocol.CREDIT:
+            if owner.credit is not None:
                 owner.credit.wake()
-            case _wire.StreamItem(value=value):
-                inbox: StreamReceiver = owner.inbox
-                try:
-                    inbox.push(_codec.decode_value(value))
-                except Exception as exc:  # why: a bad item ends the request stream only
-                    inbox.finish(exc)
-            case _wire.StreamEnd():
-                owner.inbox.finish()
+        elif kind == _protocol.ITEM:
+            inbox: StreamReceiver = owner.inbox
+            try:
+                inbox.push(_codec.decode_value(cast(_wire.StreamItem, env).value))
+            except Exception as exc:  # why: a bad item ends the request stream only
+                inbox.finish(exc)
+        elif kind == _protocol.END:
+            owner.inbox.finish()
 
     def _on_call(self, call: _wire.Call) -> None:
         refused = self.host.try_admit(call.method)

@@ -13,6 +13,7 @@ from ._host import pump_generator as pump_generator
 from ._methods import duplex_stream as duplex_stream
 from ._methods import method_kind as method_kind
 from ._methods import push_stream as push_stream
+from ._public import fixup_module_metadata as _fixup_module_metadata
 from ._serve import serve_host as serve_host
 
 __all__ = [
@@ -26,15 +27,5 @@ __all__ = [
 ]
 
 
-def _fixup_module_metadata() -> None:
-    """Reprs and tracebacks name ``actors.lowlevel.Name``, where users import it from."""
-    namespace = globals()
-    for name in __all__:
-        obj = namespace[name]
-        module = getattr(obj, "__module__", "")
-        if module.startswith("actors._") and getattr(obj, "__qualname__", None) == name:
-            obj.__module__ = "actors.lowlevel"
-
-
-_fixup_module_metadata()
+_fixup_module_metadata(globals(), __all__, "actors.lowlevel")
 del _fixup_module_metadata

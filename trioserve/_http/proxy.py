@@ -295,6 +295,17 @@ class HTTPProxy:
                 best = (len(root), app.name)
         return best[1] if best else None
 
+    def _app_for(self, path: str) -> tuple[str | None, HTTPReply | None]:
+        """The application serving ``path``, or the answer refusing it: 404 when none
+        matches, 503 when the one that matches cannot serve."""
+        app = self.match(path)
+        if app is None:
+            return None, plain(404, "no application serves this path\n")
+        reason = self._unavailable(app)
+        if reason is not None:
+            return app, plain(503, f"{reason}\n")
+        return app, None
+
     def _unavailable(self, app: str) -> str | None:
         """Why ``app`` cannot answer at all right now, or None."""
         state = self._controller.apps[app]
@@ -335,15 +346,13 @@ class HTTPProxy:
         return reply
 
     async def _route(self, request: HTTPRequest, request_id: str, started: float) -> HTTPReply:
-        app = self.match(request.path)
-        if app is None:
-            self.requests.inc((("application", ""), ("deployment", ""), ("status", "404")))
-            return plain(404, "no application serves this path\n")
-        reason = self._unavailable(app)
-        if reason is not None:
-            ingress = self._controller.apps[app].ingress
-            self.requests.inc((("application", app), ("deployment", ingress), ("status", "503")))
-            return plain(503, f"{reason}\n")
+        app, refusal = self._app_for(request.path)
+        if refusal is not None:
+            ingress = self._controller.apps[app].ingress if app else ""
+            labels_refused = (("application", app or ""), ("deployment", ingress))
+            self.requests.inc((*labels_refused, ("status", str(refusal.status))))
+            return refusal
+        assert app is not None
         handle = self._handle(app)
         labels: Labels = (("application", app), ("deployment", handle.deployment_name))
         self.ongoing.inc(labels)
@@ -447,12 +456,10 @@ class HTTPProxy:
         """Relay a WebSocket session between the client and the application's ingress
         replica (an ASGI app's ``websocket`` routes). Until the app accepts, refusals are
         HTTP answers (404, 503, 403); afterwards this returns once the session is over."""
-        app = self.match(request.path)
-        if app is None:
-            return plain(404, "no application serves this path\n")
-        reason = self._unavailable(app)
-        if reason is not None:
-            return plain(503, f"{reason}\n")
+        app, refusal = self._app_for(request.path)
+        if refusal is not None:
+            return refusal
+        assert app is not None
         handle = self._handle(app, "__serve_ws__")
         route_prefix = self._controller.apps[app].route_prefix or "/"
         stream = handle._remote_duplex(encode(self._head(request, route_prefix, request_id)))
@@ -721,11 +728,6 @@ class HTTPProxy:
             for entry in snapshot.latency:
                 latency.merge((*base, ("method", entry.method)), entry.counts, entry.total, entry.n)
         return requests, errors, latency, ongoing, _model_metrics(results)
-
-
-async def _rest(stream: Any) -> AsyncIterator[bytes]:
-    async for chunk in stream:
-        yield chunk
 
 
 def _json(value: Any) -> HTTPReply:
