@@ -1,4 +1,4 @@
-"""An HTTP/1.1 server on Trio streams, with h11 doing the protocol.
+"""An HTTP/1.1 server on Trio streams (the protocol, sans-IO, in ``h1.py``).
 
 Keep-alive and pipelining-safe (one request at a time per connection, in order), limits on
 header and body size, idle, request-head, body and send timeouts, a bound on open
@@ -30,13 +30,13 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import attrs
-import h11
 import trio
 
 from .._replica.http import Request
+from . import h1
 from .websocket import (
     ServerWebSocket,
     WebSocketDisconnect,
@@ -190,7 +190,20 @@ def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return None
 
 
-def header_map(event: h11.Request) -> dict[str, str]:
+class RequestHead(Protocol):
+    """What :func:`request_problem` reads of a request head (``h1.Request``, or h11's)."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def http_version(self) -> bytes: ...
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+
+def header_map(event: h1.Request) -> dict[str, str]:
     """A request's headers by (lowercase) name; repeated ones joined with ``", "``."""
     headers: dict[str, str] = {}
     for name, value in event.headers:
@@ -200,19 +213,21 @@ def header_map(event: h11.Request) -> dict[str, str]:
     return headers
 
 
-def _head_size(event: h11.Request) -> int:
+def _head_size(event: RequestHead) -> int:
     return len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
 
 
-def request_problem(event: h11.Request, max_header_bytes: int) -> tuple[int, str] | None:
-    """Why a request head h11 accepted must still be refused (status and a fixed text, never
-    the request's own bytes), or ``None``. Every refusal closes the connection."""
+def request_problem(event: RequestHead, max_header_bytes: int) -> tuple[int, str] | None:
+    """Why a request head the parser accepted must still be refused (status and a fixed
+    text, never the request's own bytes), or ``None``. Every refusal closes the connection."""
     major = event.http_version.split(b".", 1)[0]
     if major != b"1":  # RFC 9112 §2.3: 1.x with a higher minor is handled as 1.1
         return 505, "only HTTP/1.0 and HTTP/1.1 are supported"
     if _head_size(event) > max_header_bytes:
         return 431, "request header fields too large"
-    names = {name for name, _ in event.headers}  # h11 lowercases header names
+    names = {name for name, _ in event.headers}  # lowercase, as parsed
+    if b"host" not in names and event.http_version != b"1.0":  # RFC 9112 §3.2
+        return 400, "missing host header"
     if b"transfer-encoding" in names:
         if b"content-length" in names:  # RFC 9112 §6.1: a smuggling attempt, or broken
             return 400, "both content-length and transfer-encoding"
@@ -223,8 +238,8 @@ def request_problem(event: h11.Request, max_header_bytes: int) -> tuple[int, str
     return None
 
 
-def protocol_error_status(exc: h11.RemoteProtocolError) -> int:
-    """The status for a request h11 could not parse (its hint when it is a client error)."""
+def protocol_error_status(exc: h1.RemoteProtocolError) -> int:
+    """The status for a request that could not be parsed (its hint for a client error)."""
     hint = exc.error_status_hint
     return hint if hint in (400, 413, 414, 431, 501, 505) else 400
 
@@ -273,16 +288,16 @@ class BurstWarning:
 
 
 def _overloaded_response() -> bytes:
-    conn = h11.Connection(h11.SERVER)
+    conn = h1.ServerConnection()
     reply = plain(503, "too many connections", [("retry-after", "1")])
     headers = response_headers(reply, head=False, close=True)
     assert isinstance(reply.body, bytes)
     return b"".join(
         conn.send(event) or b""
         for event in (
-            h11.Response(status_code=503, headers=headers, reason=reason_phrase(503)),
-            h11.Data(data=reply.body),
-            h11.EndOfMessage(),
+            h1.Response(status_code=503, headers=headers, reason=reason_phrase(503)),
+            h1.Data(data=reply.body),
+            h1.EndOfMessage(),
         )
     )
 
@@ -408,8 +423,8 @@ class RequestBody:
         return BodyRefusedError(status, text)
 
     async def _parse(self, upto: int) -> bool:
-        """Move the body's data h11 parses from what was received into the pending chunk,
-        until ``upto`` bytes are pending or the body ended; whether h11 needs more data. A
+        """Move the body's data parsed from what was received into the pending chunk, until
+        ``upto`` bytes are pending or the body ended; whether more data is needed. A
         checkpoint every few events parsed (a body of 1-byte chunks)."""
         connection = self._connection
         limit = connection.limits.max_body_bytes
@@ -417,14 +432,14 @@ class RequestBody:
         while len(self._pending) < upto:
             try:
                 event = connection.conn.next_event()
-            except h11.RemoteProtocolError as exc:
+            except h1.RemoteProtocolError as exc:
                 if connection.eof:
                     raise _ClientGone from exc  # it closed before its body's end
                 logger.debug("bad HTTP request body: %r", exc)
                 raise self._refuse(400, "malformed request body") from exc
-            if event is h11.NEED_DATA:
+            if event is h1.NEED_DATA:
                 return True
-            if not isinstance(event, h11.Data):  # EndOfMessage: nothing else comes mid-body
+            if not isinstance(event, h1.Data):  # EndOfMessage: nothing else comes mid-body
                 self.ended = True
                 connection.body_ended()
                 return False
@@ -463,9 +478,7 @@ class _Connection:
         self.server = server
         self.handler = server.handler
         self.limits = server.limits
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
-        )
+        self.conn = h1.ServerConnection(max_incomplete_event_size=self.limits.max_header_bytes)
         #: the client sent EOF: it half-closed (answers can still go out) or left
         self.eof = False
         #: the connection broke while a handler ran (the handler was cancelled)
@@ -491,17 +504,17 @@ class _Connection:
     async def next_event(self) -> object:
         while True:
             event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            if event is not h1.NEED_DATA:
                 return event
             if self.eof:
                 raise _ClientGone
             await self.receive()
 
-    async def send(self, *events: h11.Event) -> None:
+    async def send(self, *events: h1.Outgoing) -> None:
         async with self._sending:
             await self._send_locked(*events)
 
-    async def _send_locked(self, *events: h11.Event) -> None:
+    async def _send_locked(self, *events: h1.Outgoing) -> None:
         """Send ``events`` in one write (a whole answer: one syscall, one wake-up of the
         client)."""
         if len(events) == 1:
@@ -523,14 +536,14 @@ class _Connection:
         while not self.server.draining:
             try:
                 event = await self._read_head(first)
-            except h11.RemoteProtocolError as exc:
+            except h1.RemoteProtocolError as exc:
                 logger.debug("bad HTTP request: %r", exc)
                 status = protocol_error_status(exc)
                 await self._refuse(status, http.HTTPStatus(status).phrase.lower())
                 return
             except _ClientGone:
                 return
-            if not isinstance(event, h11.Request):
+            if not isinstance(event, h1.Request):
                 return  # closed, or an idle / head timeout: close quietly
             problem = request_problem(event, self.limits.max_header_bytes)
             if problem is not None:
@@ -538,11 +551,11 @@ class _Connection:
                 return
             if not await self._handle(event):
                 return
-            if self.conn.our_state is h11.MUST_CLOSE:
+            if self.conn.our_state is h1.MUST_CLOSE:
                 return
             try:
                 self.conn.start_next_cycle()
-            except h11.LocalProtocolError:
+            except h1.LocalProtocolError:
                 return
             first = False
 
@@ -554,7 +567,7 @@ class _Connection:
             return  # a task (not the handler: it returned) still waits for it; closing ends it
         if self.broken or self.eof or not self._body_unread():
             return
-        if self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
+        if self.conn.our_state not in (h1.DONE, h1.MUST_CLOSE):
             return
         if not isinstance(self.stream, trio.abc.HalfCloseableStream):
             return
@@ -570,14 +583,14 @@ class _Connection:
 
     def _body_unread(self) -> bool:
         """Whether more of the request's body may still come (its end was not received)."""
-        if self.conn.their_state is not h11.SEND_BODY:
+        if self.conn.their_state is not h1.SEND_BODY:
             return False
         try:
-            while isinstance(event := self.conn.next_event(), h11.Data):
+            while isinstance(event := self.conn.next_event(), h1.Data):
                 pass  # received, and dropped: the answer went out
-        except h11.RemoteProtocolError:
+        except h1.RemoteProtocolError:
             return False
-        return event is h11.NEED_DATA
+        return event is h1.NEED_DATA
 
     async def _read_head(self, first: bool) -> object:
         """The next request head (or ``ConnectionClosed``); ``None`` on a timeout. The first
@@ -602,10 +615,10 @@ class _Connection:
     async def _refuse(self, status: int, text: str) -> None:
         """Answer ``status`` with a fixed ``text`` and ``connection: close``, if an answer
         can still go out."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.conn.our_state not in (h1.IDLE, h1.SEND_RESPONSE):
             return
         reply = plain(status, text, [("connection", "close")])
-        with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+        with contextlib.suppress(h1.LocalProtocolError, _ClientGone):
             await self._send_reply(reply, head=False)
 
     async def _read_body(self, declared: int | None, chunked: bool) -> bytes | None:
@@ -616,7 +629,7 @@ class _Connection:
             return None
         if self.conn.they_are_waiting_for_100_continue and (chunked or (declared or 0) > 0):
             await self.send(
-                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                h1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             )
         outcome: bytes | int = 408
         try:
@@ -649,14 +662,14 @@ class _Connection:
         parsed = 0
         while True:
             event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is h1.NEED_DATA:
                 if self.eof:
                     raise _ClientGone
                 if declared is not None:
                     self._set_low_water(max(1, min(declared - len(body), BODY_LOW_WATER)))
                 await self.receive()
                 parsed = 0
-            elif isinstance(event, h11.Data):
+            elif isinstance(event, h1.Data):
                 body += event.data
                 if len(body) > limit:
                     return 413
@@ -664,12 +677,12 @@ class _Connection:
                 if parsed >= EVENTS_PER_CHECKPOINT:
                     await trio.lowlevel.checkpoint()
                     parsed = 0
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, h1.EndOfMessage):
                 return bytes(body)
             else:
                 return 0
 
-    async def _handle(self, event: h11.Request) -> bool:
+    async def _handle(self, event: h1.Request) -> bool:
         """Read the body (or open it as a stream), run the handler, send its answer; whether
         the connection goes on."""
         headers = header_map(event)
@@ -688,7 +701,7 @@ class _Connection:
                 body, stream = await self._open_body(length)
             else:
                 body = await self._read_body(length, chunked)
-        except h11.RemoteProtocolError as exc:
+        except h1.RemoteProtocolError as exc:
             logger.debug("bad HTTP request body: %r", exc)
             status = protocol_error_status(exc)
             await self._refuse(status, http.HTTPStatus(status).phrase.lower())
@@ -700,7 +713,7 @@ class _Connection:
         request = self._request(event, headers, body=body, body_stream=stream)
         return await self._exchange_http(request, event.http_version, head=head, body=stream)
 
-    def _request(self, event: h11.Request, headers: dict[str, str], **body: Any) -> Request:
+    def _request(self, event: h1.Request, headers: dict[str, str], **body: Any) -> Request:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
         return Request(
@@ -718,7 +731,7 @@ class _Connection:
         if refused is None:
             return True
         # answered before the body is read: the connection cannot be reused
-        with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+        with contextlib.suppress(h1.LocalProtocolError, _ClientGone):
             await self._send_reply(refused, head=head, close=True)
         return False
 
@@ -783,9 +796,9 @@ class _Connection:
         if not self.conn.they_are_waiting_for_100_continue:
             return
         async with self._sending:
-            if self.conn.our_state is h11.SEND_RESPONSE:
+            if self.conn.our_state is h1.SEND_RESPONSE:
                 await self._send_locked(
-                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                    h1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
                 )
 
     async def _call(self, request: Request, body: RequestBody | None) -> HTTPReply:
@@ -811,30 +824,30 @@ class _Connection:
             )
         except _ClientGone:
             return False
-        except h11.LocalProtocolError:
+        except h1.LocalProtocolError:
             logger.exception("invalid HTTP response (status %d)", reply.status)
             return False
         return sent and (body is None or body.ended)
 
     # -- websockets
 
-    async def _handle_upgrade(self, event: h11.Request, headers: dict[str, str]) -> None:
+    async def _handle_upgrade(self, event: h1.Request, headers: dict[str, str]) -> None:
         """A websocket upgrade request: refused by the server if its handshake is bad, else
         the handler's."""
         problem = handshake_problem(event.http_version.decode("ascii"), headers)
         if problem is not None:
             status, text, extra = problem
-            with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+            with contextlib.suppress(h1.LocalProtocolError, _ClientGone):
                 await self._send_reply(plain(status, text, extra), head=False, close=True)
             return
         try:
             if await self._read_body(None, False) is None:  # the request's end
                 return
-        except (h11.RemoteProtocolError, _ClientGone):
+        except (h1.RemoteProtocolError, _ClientGone):
             return
         await self._exchange_websocket(event, headers)
 
-    async def _exchange_websocket(self, event: h11.Request, headers: dict[str, str]) -> None:
+    async def _exchange_websocket(self, event: h1.Request, headers: dict[str, str]) -> None:
         """Run a websocket handler. Until it accepts, a task reads ahead to notice the client
         leaving (which cancels the handler), and a refusal is sent as an HTTP answer; once
         it accepts, the websocket owns the connection, a task closes it (1001) when the
@@ -849,8 +862,8 @@ class _Connection:
 
             async def switch(response_headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
                 watching.cancel()
-                await watched.wait()  # what it read ahead is h11's trailing data
-                response = h11.InformationalResponse(
+                await watched.wait()  # what it read ahead is the trailing data
+                response = h1.InformationalResponse(
                     status_code=101, headers=response_headers, reason=b"Switching Protocols"
                 )
                 try:
@@ -893,7 +906,7 @@ class _Connection:
             return
         if reply is None:
             reply = plain(500, "internal server error")
-        with contextlib.suppress(h11.LocalProtocolError, _ClientGone):
+        with contextlib.suppress(h1.LocalProtocolError, _ClientGone):
             await self._send_reply(reply, head=False, close=True)
 
     async def _watch_until_accept(
@@ -941,12 +954,12 @@ class _Connection:
         probed = False
         while True:
             async with self._sending:
-                if self.conn.our_state is not h11.SEND_RESPONSE:
+                if self.conn.our_state is not h1.SEND_RESPONSE:
                     if self.streaming and not probed:
                         raise _ClientGone  # hung up mid-stream: nothing can tell us otherwise
                     return  # the answer's own sends tell whether the client is still there
                 await self._send_locked(
-                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                    h1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
                 )
             probed = True
             await trio.sleep(delay)
@@ -958,21 +971,21 @@ class _Connection:
         however this ends. Raises :class:`_ClientGone`."""
         body = reply.body
         headers = response_headers(reply, head=head, close=close or self.server.draining)
-        response = h11.Response(
+        response = h1.Response(
             status_code=reply.status, headers=headers, reason=reason_phrase(reply.status)
         )
         self.streaming = not isinstance(body, bytes) and not head
         try:
             if isinstance(body, bytes):
                 if body and not head:
-                    await self.send(response, h11.Data(data=body), h11.EndOfMessage())
+                    await self.send(response, h1.Data(data=body), h1.EndOfMessage())
                 else:
-                    await self.send(response, h11.EndOfMessage())
+                    await self.send(response, h1.EndOfMessage())
                 return True
             await self.send(response)
             if not head and not await self._send_chunks(body):
                 return False
-            await self.send(h11.EndOfMessage())
+            await self.send(h1.EndOfMessage())
             return True
         finally:
             if not isinstance(body, bytes):
@@ -992,7 +1005,7 @@ class _Connection:
                 logger.debug("HTTP response body failed", exc_info=True)
                 return False
             if chunk:
-                await self.send(h11.Data(data=chunk))
+                await self.send(h1.Data(data=chunk))
 
 
 # -- the server
