@@ -249,7 +249,7 @@ def test_validate_route_prefix_names_the_bad_value() -> None:
 @pytest.mark.slow
 async def test_request_id_round_trips() -> None:
     """A client's ``x-request-id`` is kept, returned and seen by the replica; without one
-    the request gets a fresh uuid4 hex, returned and seen alike."""
+    the request gets 32 fresh random hex digits, returned and seen alike."""
     async with serve.open_serve(http_port=0) as instance:
         await instance.run(fx.Inspect.bind(), name="inspect", route_prefix="/in")
         async with open_client(instance) as http:

@@ -8,7 +8,7 @@ import collections
 import contextlib
 import logging
 import math
-import uuid
+import os
 from collections.abc import AsyncIterator
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any, Protocol
@@ -103,11 +103,11 @@ class _Where:
 
 
 def _request_id(request: HTTPRequest) -> str:
-    """The client's ``x-request-id`` when it sent a usable one, else a new uuid4 hex."""
-    given = _header(list(request.headers.items()), "x-request-id")
+    """The client's ``x-request-id`` when it sent a usable one, else 32 random hex digits."""
+    given = request.headers.get("x-request-id")  # names are lowercase
     if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4's hex, at a third of its cost
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

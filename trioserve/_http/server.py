@@ -327,6 +327,39 @@ async def _close_stream(stream: trio.abc.Stream) -> None:
 # -- one connection
 
 
+def _read_now(stream: trio.abc.Stream) -> bytes | None:
+    """What a socket stream has received already (``b""``: EOF), without waiting; ``None``
+    when nothing is there yet, or for another stream. Reading the socket's file descriptor
+    directly spares the trip through the scheduler that a successful ``receive_some``
+    takes; the caller waits with ``receive_some`` when this finds nothing."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return None  # closed: receive_some says so
+    try:
+        return os.read(fd, RECEIVE_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError as exc:  # reset by the peer
+        raise trio.BrokenResourceError(str(exc)) from exc
+
+
+def _write_now(stream: trio.abc.Stream, data: bytes) -> int:
+    """Write what a socket stream's kernel buffer takes now, without waiting: the number
+    of bytes written (0 for another stream; the caller sends the rest with ``send_all``).
+    Raises ``OSError`` when the connection is broken."""
+    if not isinstance(stream, trio.SocketStream):
+        return 0
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+
+
 class RequestBody:
     """A request body read as it arrives (``HTTPRequest.body_stream``): ``await read()``
     or ``async for chunk in body``.
@@ -496,7 +529,10 @@ class _Connection:
         self._probes = True
 
     async def receive(self) -> None:
-        data = await self.stream.receive_some(RECEIVE_SIZE)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a timeout still ends a flood
+        data = _read_now(self.stream)  # (no await between reading and keeping the data)
+        if data is None:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
             self.eof = True
         self.conn.receive_data(bytes(data) if isinstance(data, bytearray) else data)
@@ -511,8 +547,14 @@ class _Connection:
             await self.receive()
 
     async def send(self, *events: h1.Outgoing) -> None:
-        async with self._sending:
+        try:
+            self._sending.acquire_nowait()  # why: uncontended, taking it costs no trip
+        except trio.WouldBlock:  # through the scheduler; the send itself checkpoints
+            await self._sending.acquire()
+        try:
             await self._send_locked(*events)
+        finally:
+            self._sending.release()
 
     async def _send_locked(self, *events: h1.Outgoing) -> None:
         """Send ``events`` in one write (a whole answer: one syscall, one wake-up of the
@@ -523,6 +565,14 @@ class _Connection:
             data = b"".join(self.conn.send(event) or b"" for event in events)
         if not data:
             return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            sent = _write_now(self.stream, data)
+        except OSError as exc:
+            raise _ClientGone from exc
+        if sent == len(data):
+            return
+        data = data[sent:]
         with trio.move_on_after(self.limits.send_timeout_s) as timer:
             try:
                 await self.stream.send_all(data)
