@@ -530,7 +530,7 @@ class _Connection:
 
     async def receive(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()  # a timeout still ends a flood
-        data = _read_now(self.stream)  # (no await between reading and keeping the data)
+        data: bytes | bytearray | None = _read_now(self.stream)  # kept with no await between
         if data is None:
             data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
