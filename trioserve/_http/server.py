@@ -499,12 +499,35 @@ class RequestBody:
             raise self._refuse(408, "request body timed out")
 
 
+@attrs.define(eq=False)
+class _Job:
+    """One request, handed from the connection's task to its worker task."""
+
+    request: Request
+    head: bool
+    body: RequestBody | None
+    #: the handler's: cancelled when the connection breaks
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    #: set when a streamed body was read to its end, or the answer is out
+    body_in: trio.Event = attrs.Factory(trio.Event)
+    #: set when the answer is out (or the handler was cancelled)
+    finished: trio.Event = attrs.Factory(trio.Event)
+    done: bool = False
+    #: whether the answer went out whole and the connection may serve another request
+    go_on: bool = False
+    #: the connection task's read ahead, while it reads for this request
+    reading: trio.CancelScope | None = None
+    #: after the answer, no next request came within the idle timeout (or none may come)
+    idle_out: bool = False
+
+
 class _Connection:
-    """One client connection, served in the task that calls :meth:`serve`; while a handler
-    runs with its request's body all in, a second task (in a nursery of that task, the
-    *exchange*) reads ahead to notice a broken connection; after a websocket was accepted,
-    a task there closes it when the server drains. Cancelled midway, nothing remains: the
-    handler is cancelled and a response body is closed (the caller closes the stream)."""
+    """One client connection, served in the task that calls :meth:`serve`. It reads the
+    requests; a worker task of its own runs each one's handler and sends the answer,
+    while the connection's task reads ahead to notice a broken connection and goes on
+    reading the next request (no task per request). After a websocket was accepted, a task
+    closes it when the server drains. Cancelled midway, nothing remains: the handler is
+    cancelled and a response body is closed (the caller closes the stream)."""
 
     def __init__(self, stream: trio.abc.Stream, server: HTTPServer) -> None:
         self.stream = stream
@@ -522,8 +545,13 @@ class _Connection:
         self._low_water = 1
         #: the peer's address, for every request on this connection
         self.client = peer_address(stream)
-        #: the nursery running the current request's handler
+        #: the nursery of a websocket's tasks, while its handler runs
         self._exchange: trio.Nursery | None = None
+        #: the connection's nursery: its worker task runs the handlers
+        self._nursery: trio.Nursery
+        self._working = False
+        self._job: _Job | None = None
+        self._job_ready = trio.Event()
         #: the current (or last) request's streamed body
         self._body: RequestBody | None = None
         self._probes = True
@@ -582,6 +610,12 @@ class _Connection:
             raise _ClientGone(f"not reading: a send took over {self.limits.send_timeout_s}s")
 
     async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._serve()
+            nursery.cancel_scope.cancel()  # the worker, waiting for a next request
+
+    async def _serve(self) -> None:
         first = True
         while not self.server.draining:
             try:
@@ -806,38 +840,99 @@ class _Connection:
     async def _exchange_http(
         self, request: Request, http_version: bytes, *, head: bool, body: RequestBody | None
     ) -> bool:
-        """Run the handler and send its answer, reading ahead (for a broken connection) once
-        the request's body is all in; whether the connection goes on."""
-        go_on = False
+        """Run the handler (in the connection's worker task) and send its answer, while this
+        task reads ahead once the request's body is all in; whether the connection goes on."""
         self._probes = http_version != b"1.0"  # an HTTP/1.0 client takes no 1xx
         self._body = body
+        job = _Job(request, head, body)
+        self._job = job
+        if not self._working:
+            self._working = True
+            self._nursery.start_soon(self._work)
+        self._job_ready.set()
         try:
-            async with trio.open_nursery() as nursery:
-                self._exchange = nursery
-                if body is None:
-                    nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
-                try:
-                    go_on = await self._answer(request, head=head, body=body)
-                finally:
-                    self._exchange = None  # a read from now on starts nothing here
-                nursery.cancel_scope.cancel()
+            if body is not None:
+                await job.body_in.wait()  # the handler reads it; once it is in, read ahead
+            if not job.done:
+                await self._read_ahead(job)
+            await job.finished.wait()
         finally:
+            self._job = None
             if body is not None:
                 body.close()
-        return go_on and not self.broken
+        return job.go_on and not self.broken and not job.idle_out
+
+    async def _work(self) -> None:
+        """The worker: runs each request's handler and sends its answer, one at a time."""
+        while True:
+            await self._job_ready.wait()
+            self._job_ready = trio.Event()
+            job = self._job
+            assert job is not None
+            with job.scope:
+                job.go_on = await self._answer(job.request, head=job.head, body=job.body)
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        """The answer is out (or the handler cancelled): the reader, if it reads ahead, now
+        waits for the next request under the idle timeout, or stops if none can come."""
+        job.done = True
+        job.body_in.set()
+        job.finished.set()
+        reading = job.reading
+        if reading is None:
+            return
+        if (
+            self.broken
+            or not job.go_on
+            or self.conn.our_state is not h1.DONE
+            or self.server.draining
+            or self.conn.trailing_data[0]  # the next request is in already: serve it
+        ):
+            reading.cancel()
+        else:
+            reading.deadline = trio.current_time() + self.limits.idle_timeout_s
+            self.server.idle.add(reading)  # draining may close the connection now
+
+    async def _read_ahead(self, job: _Job) -> None:
+        """Read while the handler runs (its request's body all in): a connection that broke
+        cancels it, and what comes is the next request, kept for its turn. Once the answer
+        is out this read goes on as the wait for the next request (``idle_timeout_s``,
+        closed when draining) instead of ending: no task per request. See
+        :meth:`_watch_disconnect` for a client that sent EOF."""
+        with trio.CancelScope() as reading:
+            job.reading = reading
+            try:
+                while not self.eof:
+                    if len(self.conn.trailing_data[0]) > self.limits.max_header_bytes:
+                        await job.finished.wait()  # enough pipelined; read on after the answer
+                        return
+                    await self.receive()
+                    if job.done:
+                        return
+                if not job.done:
+                    await self._after_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone):
+                self.broken = True
+                job.scope.cancel()
+            finally:
+                job.reading = None
+                self.server.idle.discard(reading)
+        if reading.cancelled_caught and job.done and not self.conn.trailing_data[0]:
+            job.idle_out = True  # idle past its timeout, draining, or no next request
 
     def body_ended(self) -> None:
         """A streamed body was read to its end: read ahead from now on (the next request,
         or the connection breaking) while the handler runs."""
-        if self._exchange is not None:
-            self._exchange.start_soon(self._watch_disconnect, self._exchange.cancel_scope)
+        if self._job is not None:
+            self._job.body_in.set()
 
     async def client_left(self) -> NoReturn:
         """The client left before its streamed body's end: cancel the handler, as a broken
         connection does."""
         self.broken = True
-        if self._exchange is not None:
-            self._exchange.cancel_scope.cancel()
+        if self._job is not None:
+            self._job.scope.cancel()
         await trio.lowlevel.checkpoint()  # the handler's own read is cancelled here
         raise BodyRefusedError(400, "request body cut short")  # read outside the handler
 
@@ -990,12 +1085,17 @@ class _Connection:
                 if len(self.conn.trailing_data[0]) > self.limits.max_header_bytes:
                     return  # enough pipelined data buffered; stop reading until we answer
                 await self.receive()
-            if not self._probes:
-                raise _ClientGone
-            await self._probe()
+            await self._after_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone):
             self.broken = True
             scope.cancel()
+
+    async def _after_eof(self) -> None:
+        """The client sent EOF while its handler runs: probe it (HTTP/1.1), or raise
+        :class:`_ClientGone` at once when it cannot be probed."""
+        if not self._probes:
+            raise _ClientGone
+        await self._probe()
 
     async def _probe(self) -> None:
         """Send ``100 Continue`` probes until the answer's head is out; raises
