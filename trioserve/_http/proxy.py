@@ -379,23 +379,16 @@ class HTTPProxy:
             stream = handle._remote_duplex(encode(head))
             self._nursery.start_soon(self._send_body, request.body_stream, stream)
         where = _Where(request_id, request.method, request.path, app, route_prefix, handle)
-        deadline = trio.current_time() + (self.request_timeout_s or math.inf)
         try:
-            with trio.move_on_at(deadline) as timer:
-                start = decode_start(await stream.__anext__())
-                status, headers = start.status, start.headers
-                body: bytes | AsyncIterator[bytes]
-                if start.whole:
-                    body = await stream.__anext__()
-                elif _header(headers, "content-length") is not None:
-                    body = await _collect(stream)  # its length is known: no chunking
-                else:
-                    body = _Relay(self, stream, deadline, where)
-                if status >= 500 and isinstance(body, bytes):
-                    await self._log_late_error(stream, where, deadline)
-            if timer.cancelled_caught:
-                stream.cancel()
-                return plain(504, f"request timed out after {self.request_timeout_s}s\n")
+            if self.request_timeout_s is None:  # no timer to set (a cancel scope per request)
+                status, headers, body = await self._reply(stream, where, math.inf)
+            else:
+                deadline = trio.current_time() + self.request_timeout_s
+                with trio.move_on_at(deadline) as timer:
+                    status, headers, body = await self._reply(stream, where, deadline)
+                if timer.cancelled_caught:
+                    stream.cancel()
+                    return plain(504, f"request timed out after {self.request_timeout_s}s\n")
         except BackPressureError as exc:
             return plain(503, f"{exc}\n", [("retry-after", "1")])
         except DeploymentUnavailableError as exc:
@@ -406,6 +399,24 @@ class HTTPProxy:
         # the server sets these two from the body it sends (bytes: their length)
         headers = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
         return HTTPReply(status, headers, body)
+
+    async def _reply(
+        self, stream: Any, where: _Where, deadline: float
+    ) -> tuple[int, list[tuple[str, str]], bytes | AsyncIterator[bytes]]:
+        """The replica's answer: status, headers and the body (bytes when it came whole or
+        its length is known, else a relay of its chunks)."""
+        start = decode_start(await stream.__anext__())
+        status, headers = start.status, start.headers
+        body: bytes | AsyncIterator[bytes]
+        if start.whole:
+            body = await stream.__anext__()
+        elif _header(headers, "content-length") is not None:
+            body = await _collect(stream)  # its length is known: no chunking
+        else:
+            body = _Relay(self, stream, deadline, where)
+        if status >= 500 and isinstance(body, bytes):
+            await self._log_late_error(stream, where, deadline)
+        return status, headers, body
 
     def _head(self, request: HTTPRequest, route_prefix: str, request_id: str) -> RequestHead:
         server = None

@@ -680,6 +680,10 @@ class _Connection:
         """The next request head (or ``ConnectionClosed``); ``None`` on a timeout. The first
         has ``header_timeout_s`` from the start; a later one ``idle_timeout_s`` until its
         first byte, then ``header_timeout_s`` from that byte."""
+        if not first and self.conn.trailing_data[0]:
+            event = self.conn.next_event()  # read ahead already, often whole: no timer needed
+            if event is not h1.NEED_DATA:
+                return event
         limits = self.limits
         idle = self.server.idle
         with trio.move_on_after(
@@ -711,7 +715,12 @@ class _Connection:
         if declared is not None and declared > limit:
             await self._refuse(413, f"body exceeds {limit} bytes")
             return None
-        if self.conn.they_are_waiting_for_100_continue and (chunked or (declared or 0) > 0):
+        if not chunked and not declared:
+            # no body: its end was parsed with the head (llhttp), nothing to wait for
+            if isinstance(self.conn.next_event(), h1.EndOfMessage):
+                return b""
+            raise h1.RemoteProtocolError("a body where the head declared none")
+        if self.conn.they_are_waiting_for_100_continue:
             await self.send(
                 h1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             )
