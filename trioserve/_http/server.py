@@ -327,24 +327,6 @@ async def _close_stream(stream: trio.abc.Stream) -> None:
 # -- one connection
 
 
-def _read_now(stream: trio.abc.Stream) -> bytes | None:
-    """What a socket stream has received already (``b""``: EOF), without waiting; ``None``
-    when nothing is there yet, or for another stream. Reading the socket's file descriptor
-    directly spares the trip through the scheduler that a successful ``receive_some``
-    takes; the caller waits with ``receive_some`` when this finds nothing."""
-    if not isinstance(stream, trio.SocketStream):
-        return None
-    fd = stream.socket.fileno()
-    if fd < 0:
-        return None  # closed: receive_some says so
-    try:
-        return os.read(fd, RECEIVE_SIZE)
-    except BlockingIOError:
-        return None
-    except OSError as exc:  # reset by the peer
-        raise trio.BrokenResourceError(str(exc)) from exc
-
-
 def _write_now(stream: trio.abc.Stream, data: bytes) -> int:
     """Write what a socket stream's kernel buffer takes now, without waiting: the number
     of bytes written (0 for another stream; the caller sends the rest with ``send_all``).
@@ -557,10 +539,7 @@ class _Connection:
         self._probes = True
 
     async def receive(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()  # a timeout still ends a flood
-        data: bytes | bytearray | None = _read_now(self.stream)  # kept with no await between
-        if data is None:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+        data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
             self.eof = True
         self.conn.receive_data(bytes(data) if isinstance(data, bytearray) else data)
