@@ -34,6 +34,30 @@ class Adder:
         return x + 1
 
 
+def _hello_api() -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    api = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=MAX_ONGOING)
+    @serve.ingress(api)
+    class HelloAPI:
+        """The FastAPI ingress: the same route as ``bench/fastapi_server.py``, on a class."""
+
+        @api.get("/", response_class=PlainTextResponse)
+        async def hello(self) -> str:
+            return "hello"
+
+    return HelloAPI
+
+
+try:
+    HelloAPI = _hello_api()
+except ImportError:  # fastapi missing: the ingress workload says so
+    HelloAPI = None
+
+
 @serve.deployment(max_ongoing_requests=MAX_ONGOING)
 class Hello:
     """The HTTP ingress: a short string for every request."""

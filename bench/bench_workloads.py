@@ -29,7 +29,7 @@ import attrs
 import bench_stats
 import msgspec
 import trio
-from bench_apps import Adder, Hello, Noop
+from bench_apps import Adder, Hello, HelloAPI, Noop
 from bench_measure import LoadResult, closed_loop, closed_loop_sync
 
 import trioserve as serve
@@ -504,6 +504,18 @@ async def workload_http(rep: Reporter) -> None:
         await _http_cases(rep, instance.http_url + "/", http_refs)
 
 
+async def workload_ingress(rep: Reporter) -> None:
+    """The HTTP cases through a FastAPI ``@serve.ingress`` class (the same route as the
+    uvicorn reference), beside the plain ``__call__`` of ``http`` in the same run."""
+    if HelloAPI is None:
+        rep.note("fastapi is not installed: the ingress workload is skipped")
+        return
+    async with serve.open_serve(http_port=0) as instance:
+        await instance.run(HelloAPI.bind(), name="ingress", route_prefix="/")
+        assert instance.http_url is not None
+        await _http_cases(rep, instance.http_url + "/", http_refs)
+
+
 async def _read_line(stream: trio.abc.ReceiveStream, prefix: str, timeout: float) -> str:
     """The first line of ``stream`` that starts with ``prefix`` (other lines are skipped)."""
     data = b""
@@ -739,6 +751,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("chain", "chaining (2 calls)", workload_chain, cases=1),
         Workload("bytes", "100 KB argument", workload_bytes, cases=1),
         Workload("http", "HTTP", workload_http, cases=3),
+        Workload("ingress", "HTTP, FastAPI ingress", workload_ingress, cases=3),
         Workload("lifecycle", "lifecycle", workload_lifecycle, cases=3),
         Workload("replicas", "many replicas", workload_replicas, cases=2, base_timeout_s=400),
     ]
