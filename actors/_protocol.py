@@ -143,12 +143,12 @@ class CallerProtocol:
         """What ``env`` means: ``(kind, owner)``, or None when it concerns no pending call
         (heartbeats, acknowledgements, envelopes that crossed a cancel)."""
         match env:
-            case _wire.Result(id=call_id):
-                return self._ended(RESULT, call_id)
+            case _wire.Result(id=call_id):  # a result for a stream call is noise
+                return None if call_id in self._streams else self._ended(RESULT, call_id)
             case _wire.StreamItem(id=call_id):
                 return (ITEM, self._owners[call_id]) if call_id in self._streams else None
-            case _wire.StreamEnd(id=call_id):
-                return self._ended(END, call_id)
+            case _wire.StreamEnd(id=call_id):  # so is the end of a unary one
+                return self._ended(END, call_id) if call_id in self._streams else None
             case _wire.Failure(id=call_id):
                 return self._ended(FAILURE, call_id)
             case _wire.Rejected(id=call_id):

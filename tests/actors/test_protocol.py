@@ -38,6 +38,21 @@ def test_protocol_caller_ignores_what_concerns_no_pending_call() -> None:
     assert caller.ack(unary.id, 8) is None
 
 
+def test_protocol_caller_ignores_an_outcome_of_the_other_kind_of_call() -> None:
+    """A stream's end for a unary call, or a result for a stream, is noise: the call stays
+    pending and ends with its own kind of outcome (a fuzzed host found the first)."""
+    caller = CallerProtocol()
+    unary = caller.start("f", b"", "unary")
+    stream = caller.start("g", b"", "stream", stream=True)
+    assert caller.receive(_wire.StreamEnd(unary.id)) is None
+    assert caller.receive(_wire.Result(stream.id, _wire.Raw(b"\xc0"))) is None
+    assert caller.receive(_wire.Result(unary.id, _wire.Raw(b"\xc0"))) == (
+        _protocol.RESULT,
+        "unary",
+    )
+    assert caller.receive(_wire.StreamEnd(stream.id)) == (_protocol.END, "stream")
+
+
 def test_protocol_caller_rejected_and_failed_calls_end() -> None:
     caller = CallerProtocol()
     a = caller.start("f", b"", "a")

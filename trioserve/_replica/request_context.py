@@ -18,7 +18,7 @@ import attrs
 class RequestContext:
     """What a replica knows about the HTTP request it is answering."""
 
-    #: the request's id: the client's ``x-request-id`` if it sent one, else 32 new random hex digits;
+    #: the request's id: the client's ``x-request-id`` if it sent one, else 32 random hex digits;
     #: the proxy returns it in the response's ``x-request-id`` header and logs it with errors
     request_id: str = ""
     #: the route prefix of the application the request was routed to
