@@ -71,8 +71,9 @@ def test_background_crash_is_logged_and_raised_by_the_next_calls(
         assert str(info.value).startswith(what)
         assert info.value.__cause__ is error
 
-    serve.shutdown()  # clears the crashed instance: the next run starts a new one
+    serve.shutdown()  # clears the crashed instance: the next start makes a new one
     assert serve.status().applications == {}
+    serve.start(http_port=None)  # (serve.run would start one on the fixed port 8000)
     assert serve.run(fx.Model.bind(3), name="again").remote(1).result() == 3
 
 

@@ -116,6 +116,7 @@ class Model:
         return x + 1
 
 
+serve.start(http_port=None)  # no proxy: a fixed port would clash with other tests' runs
 serve.run(Model.bind())
 
 

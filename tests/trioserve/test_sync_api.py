@@ -219,6 +219,7 @@ ATEXIT_SCRIPT = """
 import trioserve as serve
 from tests.trioserve import serve_fixtures as fx
 
+serve.start(http_port=None)  # no proxy: a fixed port would clash with other tests' runs
 serve.run(fx.Pid.options(num_replicas=2).bind())
 print(" ".join(str(r.pid) for r in serve.status().applications["default"]
                .deployments["Pid"].replicas), flush=True)
