@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import bench_apps
 import bench_stats
 import msgspec
 import trio
-from bench_apps import Adder, Hello, HelloAPI, Noop
+from bench_apps import Adder, Hello, Noop
 from bench_measure import LoadResult, closed_loop, closed_loop_sync
 
 import trioserve as serve
@@ -507,11 +508,12 @@ async def workload_http(rep: Reporter) -> None:
 async def workload_ingress(rep: Reporter) -> None:
     """The HTTP cases through a FastAPI ``@serve.ingress`` class (the same route as the
     uvicorn reference), beside the plain ``__call__`` of ``http`` in the same run."""
-    if HelloAPI is None:
+    hello_api = bench_apps.HelloAPI  # built here, not in every replica that imports bench_apps
+    if hello_api is None:
         rep.note("fastapi is not installed: the ingress workload is skipped")
         return
     async with serve.open_serve(http_port=0) as instance:
-        await instance.run(HelloAPI.bind(), name="ingress", route_prefix="/")
+        await instance.run(hello_api.bind(), name="ingress", route_prefix="/")
         assert instance.http_url is not None
         await _http_cases(rep, instance.http_url + "/", http_refs)
 
