@@ -36,6 +36,10 @@ class Box:
     def __hash__(self) -> int:
         return hash(self.content)
 
+    def __repr__(self) -> str:
+        # the test ids (ids=repr) must be the same in every pytest-xdist worker
+        return f"Box({self.content!r})"
+
 
 class Tagged(msgspec.Struct, frozen=True):
     name: str

@@ -299,7 +299,7 @@ class Responses:
         if kind == "file":
             return FileResponse(request.query_params["path"], media_type="text/csv")
         if kind == "background":
-            return PlainTextResponse("sent", background=BackgroundTask(self.background_ran.set))
+            return PlainTextResponse("sent", background=BackgroundTask(self._background_task))
         if kind == "streaming":
             return StreamingResponse(self._stream(), media_type="text/plain")
         if kind == "sized":
@@ -322,6 +322,12 @@ class Responses:
     async def current_state(self) -> str:
         await trio.lowlevel.checkpoint()
         return self.state
+
+    def _background_task(self) -> None:
+        """A sync background task: Starlette runs it in a worker thread, and a Trio event is
+        set from there through the loop (a waiter of an event set from another thread
+        directly may never wake)."""
+        trio.from_thread.run_sync(self.background_ran.set)
 
     async def wait_background(self) -> bool:
         await self.background_ran.wait()

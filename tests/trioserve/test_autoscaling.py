@@ -60,6 +60,12 @@ class Steady:
         await trio.sleep(10_000)  # simulated long request: a steady load in virtual time
 
 
+# Callers in a loop: more than two Work replicas hold (max_ongoing_requests=4 each), so the
+# third replica must take requests too. With fewer, the router may rightly pack them all on
+# two replicas (it packs where one more request ahead costs no wait, as Work's sleep does).
+CALLERS = 2 * 4 + 1
+
+
 def _gone(pid: int | None) -> bool:
     return pid is not None and not psutil.pid_exists(pid)
 
@@ -131,7 +137,7 @@ async def test_autoscaling_scales_up_under_load_and_back_down() -> None:
         stop = trio.Event()
         seen: list[serve.DeploymentStatus] = []
         async with trio.open_nursery() as nursery:
-            for _ in range(6):
+            for _ in range(CALLERS):
                 nursery.start_soon(_call_in_loop, handle.remote, answers, stop)
             up = await _wait_for(
                 instance,
@@ -200,7 +206,7 @@ async def test_autoscaling_counts_load_from_replica_process_handles() -> None:
         answers = Answers()
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            for _ in range(6):
+            for _ in range(CALLERS):
                 nursery.start_soon(_call_in_loop, handle.remote, answers, stop)
             up = await _wait_for(
                 instance,

@@ -31,11 +31,22 @@ EXIT_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
-    """A port that was free a moment ago (the CLI binds it itself)."""
+    """A port that was free a moment ago, for commands that fail or connect before anything
+    listens there; a CLI that listens gets ``--port 0`` and prints its port
+    (:func:`announced_url`), as tests running in parallel may take any port meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def announced_url(text: str, what: str) -> str | None:
+    """The ``http://host:port`` that the CLI's output ``text`` says ``what`` (``application``,
+    ``HTTP`` or ``control endpoint``) listens on; None while it has not said so."""
+    # the URL counts once its line is whole (output arrives in chunks)
+    pattern = rf"^trioserve: {what}\b.*? at (http://[^\s/]+)[/\s]"
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 @attrs.define
@@ -50,23 +61,25 @@ class RunningCLI:
 
 @asynccontextmanager
 async def open_cli_run(*options: str) -> AsyncIterator[RunningCLI]:
-    """``trioserve run TARGET --port P *options`` until its application is up; the block
-    must stop it. Its output (stdout and stderr) is collected all along."""
-    port = free_port()
+    """``trioserve run TARGET --port 0 *options`` until its application is up (at the port
+    it prints); the block must stop it. Its output (stdout and stderr) is collected all
+    along."""
     process = await trio.lowlevel.open_process(
-        [*CLI, "run", TARGET, "--port", str(port), "--control-port", "-1", *options],
+        [*CLI, "run", TARGET, "--port", "0", "--control-port", "-1", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    cli = RunningCLI(process, f"http://127.0.0.1:{port}")
+    cli = RunningCLI(process, "")
     up = trio.Event()
 
     async def collect() -> None:
         assert process.stdout is not None
         async for data in process.stdout:
             cli.output.append(data.decode(errors="replace"))
-            if "trioserve: application" in cli.text():
+            url = announced_url(cli.text(), "application")
+            if url is not None and not up.is_set():
+                cli.url = url
                 up.set()
 
     try:

@@ -19,7 +19,7 @@ import yaml
 import trioserve as serve
 from trioserve._schema import build_app, load_config
 
-from .test_cli import CLI, REPO, free_port
+from .test_cli import CLI, REPO, announced_url, free_port
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -40,6 +40,15 @@ class Running:
             while needle not in self.text():
                 await self.changed.wait()
         assert needle in self.text(), f"{needle!r} never printed:\n{self.text()}"
+
+    async def wait_for_url(self, what: str, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
+        """The URL the CLI (given port 0) prints that ``what`` listens on, once it has."""
+        with trio.move_on_after(timeout_s):
+            while announced_url(self.text(), what) is None:
+                await self.changed.wait()
+        url = announced_url(self.text(), what)
+        assert url is not None, f"no URL printed for {what}:\n{self.text()}"
+        return url
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -112,12 +121,12 @@ async def test_cli_run_config_with_two_applications_and_overrides(tmp_path: Path
     (user_config through reconfigure, num_replicas), then drains on SIGTERM."""
     config = tmp_path / "serve.yaml"
     config.write_text(TWO_APPS)
-    port = free_port()
     async with open_cli(
-        tmp_path, "run", str(config), "--port", str(port), "--control-port", "-1"
+        tmp_path, "run", str(config), "--port", "0", "--control-port", "-1"
     ) as running:
         await running.wait_for("application 'double'")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        url = await running.wait_for_url("application")
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             pids = {(await http.get("/greet")).json()["pid"] for _ in range(20)}
             assert (await http.get("/greet")).json()["greeting"] == "bonjour"
             assert (await http.get("/double")).status_code == 200
@@ -129,19 +138,18 @@ async def test_cli_run_config_with_two_applications_and_overrides(tmp_path: Path
 
 async def test_cli_run_builder_with_key_value_arguments(tmp_path: Path) -> None:
     """``trioserve run module:builder key=value`` calls the builder with the arguments."""
-    port = free_port()
     async with open_cli(
         tmp_path,
         "run",
         "tests.trioserve.config_apps:build_greeter",
         "greeting=hej",
         "--port",
-        str(port),
+        "0",
         "--control-port",
         "-1",
     ) as running:
-        await running.wait_for("trioserve: application")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        url = await running.wait_for_url("application")
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             assert (await http.get("/")).json()["greeting"] == "hej"
         running.process.terminate()
         with trio.fail_after(30):
@@ -182,16 +190,13 @@ async def test_cli_build_start_deploy_status_config_shutdown(tmp_path: Path) -> 
     for app in load_config(built).applications:
         assert isinstance(build_app(app), serve.Application)
 
-    control, port = free_port(), free_port()
-    address = f"http://127.0.0.1:{control}"
-    async with open_cli(
-        tmp_path, "start", "--port", str(port), "--control-port", str(control)
-    ) as running:
-        await running.wait_for("control endpoint at")
+    async with open_cli(tmp_path, "start", "--port", "0", "--control-port", "0") as running:
+        address = await running.wait_for_url("control endpoint")
+        url = await running.wait_for_url("HTTP")
         done = await run_cli(tmp_path, "deploy", str(built), "--address", address)
         assert done.returncode == 0, done.stderr
         assert "deployed greeter, build_greeter" in done.stdout
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             first = (await http.get("/")).json()
             assert (await http.get("/build_greeter")).json()["greeting"] == "hi"
             again = await run_cli(tmp_path, "deploy", str(built), "--address", address)
@@ -212,6 +217,7 @@ async def test_cli_build_start_deploy_status_config_shutdown(tmp_path: Path) -> 
         shown = await run_cli(tmp_path, "config", "--address", address)
         assert [a["name"] for a in yaml.safe_load(shown.stdout)["applications"]] == ["greeter"]
 
+        control = int(address.rpartition(":")[2])
         runtime_file = tmp_path / "xdg" / "trioserve" / f"control-{control}.json"
         assert runtime_file.exists()
         done = await run_cli(tmp_path, "shutdown", "--address", address)
@@ -276,22 +282,22 @@ async def test_cli_run_reload_rolls_edited_code_and_survives_a_syntax_error(
     project.mkdir()
     source = project / "reloadable.py"
     source.write_text(APP_V1)
-    port = free_port()
     async with open_cli(
         tmp_path,
         "run",
         "reloadable.py:app",
         "--port",
-        str(port),
+        "0",
         "--control-port",
         "-1",
         "--reload",
         cwd=project,
     ) as running:
         await running.wait_for("watching")
+        url = await running.wait_for_url("application")
         failures: list[str] = []
         answers: list[str] = []
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             assert (await http.get("/")).text == "v1"
 
             async def load() -> None:
