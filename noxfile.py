@@ -2,7 +2,7 @@
 soak (once, on 3.11). `nox` runs them all; every example runs in tests_slow
 (tests/test_examples.py), and ``nox -s examples`` runs them by hand. The test sessions run
 pytest-xdist workers (``-n auto``), so no test may depend on another or on running alone,
-and none may listen on a fixed port (tests/conftest.py holds trioserve's defaults)."""
+and none may listen on a fixed port."""
 
 from __future__ import annotations
 

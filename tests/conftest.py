@@ -1,5 +1,5 @@
 """Test harness: ``async def`` tests run under ``trio.run``; no test may leave a process,
-and none may listen on one of trioserve's default ports (tests run in parallel).
+and none may listen on a fixed port (tests run in parallel).
 
 Mark a test ``@pytest.mark.autojump`` to run it on Trio's autojump ``MockClock``.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import socket
 import time
 from collections.abc import Iterator
 
@@ -32,32 +31,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         clock = trio.testing.MockClock(autojump_threshold=0)
     trio.run(functools.partial(pyfuncitem.obj, **kwargs), clock=clock)
     return True
-
-
-#: the ports trioserve listens on when not told otherwise: HTTP, and the CLI's control endpoint
-DEFAULT_PORTS = (8000, 8265)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def default_ports_taken() -> Iterator[None]:
-    """Hold trioserve's default ports for the whole run: a test that leaves a port at its
-    default fails at once (``PortInUseError``), not only when pytest-xdist happens to run
-    two such tests together. A port held already (by another worker) is left as it is."""
-    held: list[socket.socket] = []
-    for port in DEFAULT_PORTS:
-        sock = socket.socket()
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
-        except OSError:
-            sock.close()
-            continue
-        held.append(sock)
-    try:
-        yield
-    finally:
-        for sock in held:
-            sock.close()
 
 
 def _running(proc: psutil.Process) -> bool:
