@@ -7,12 +7,15 @@ unpickling classes by value.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import trioserve as serve
 
 #: large enough never to throttle a single replica in these workloads
 MAX_ONGOING = 1000
+#: the CPU time one call of :class:`CpuBound` spends
+CPU_WORK_S = 0.001
 
 
 @serve.deployment(max_ongoing_requests=MAX_ONGOING)
@@ -23,6 +26,33 @@ class Noop:
         return x
 
     async def echo(self, x: Any) -> Any:
+        return x
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING)
+class CpuBound:
+    """Spends ``CPU_WORK_S`` of CPU time (a busy loop on the thread's CPU clock, so a
+    replica that the OS preempts still does all of it), then returns its argument: a
+    replica that runs one call at a time, so the router's spreading is what uses the cores.
+    The same ``max_ongoing_requests`` as :class:`Noop`: the limit never decides how calls
+    spread."""
+
+    async def __call__(self, x: Any) -> Any:
+        end = time.thread_time() + CPU_WORK_S
+        while time.thread_time() < end:
+            pass
+        return x
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING)
+class Serial:
+    """Blocks its replica for ``CPU_WORK_S`` without using a CPU (``time.sleep`` in an
+    ``async def``: the replica runs one call at a time), then returns its argument: how
+    :class:`CpuBound` behaves on a machine with a core for every replica, which a 2-core
+    machine cannot show otherwise."""
+
+    async def __call__(self, x: Any) -> Any:
+        time.sleep(CPU_WORK_S)  # noqa: ASYNC251 (blocking the replica is the point)
         return x
 
 

@@ -30,7 +30,7 @@ import bench_apps
 import bench_stats
 import msgspec
 import trio
-from bench_apps import Adder, Hello, Noop
+from bench_apps import CPU_WORK_S, Adder, CpuBound, Hello, Noop, Serial
 from bench_measure import LoadResult, closed_loop, closed_loop_sync
 
 import trioserve as serve
@@ -680,44 +680,128 @@ async def workload_lifecycle(rep: Reporter) -> None:
 
 # -- many replicas
 
+#: the replica counts of the replicas workload's smaller cases (the largest is
+#: ``Settings.many_replicas``)
+FEW_REPLICAS = (1, 4)
+#: the suffix of the cases measured with the router's packing switched off
+PACKING_OFF = ", packing off"
+
+
+@attrs.define
+class _PinnedPacking:
+    """The ablation of packing, in the place of the router's ``PackingThreshold``: the
+    threshold stays at 1 (every request is spread by power of two choices, the router's
+    policy before packing). Not a subclass, so that ``bench/compare.py`` can measure
+    revisions from before packing with these scripts."""
+
+    value: int = 1
+    epoch: int = 0
+    adopted: int = 1
+
+    def observe(self, epoch: int, latency_s: float, load: int) -> None:
+        return
+
 
 async def workload_replicas(rep: Reporter) -> None:
-    s = rep.settings
-    n = s.many_replicas
+    """c64 over 1, 4 and ``many_replicas`` process replicas, of the no-op deployment and of
+    one that spends 1 ms of CPU per call; at c4 over 4 replicas, the CPU-bound one and one
+    that blocks its replica for 1 ms without a CPU (does the router pile a light load onto
+    one replica while the others idle?); each case with the router as it is, then with
+    packing off, on the same replicas. And the start-up, RSS and shutdown of the no-op's
+    many replicas."""
+    n = rep.settings.many_replicas
     async with serve.open_serve(http_port=None) as instance:
-        one = await instance.run(Noop.bind(), name="one", route_prefix=None)
-        check(await one.remote(7), 7, "one replica")
-        await rep.load("c64, 1 replica", one.remote, 64, refs=raw_and_ray("c64"))
-        await instance.delete("one")
-
-        t0 = time.perf_counter()
-        try:
-            with trio.fail_after(600):
-                many = await instance.run(
-                    Noop.options(num_replicas=n).bind(), name="many", route_prefix=None
-                )
-        except (serve.ServeError, trio.TooSlowError) as exc:
-            elapsed = time.perf_counter() - t0
-            rep.error(f"start {n} replicas", f"after {elapsed:.1f}s: {describe(exc)}")
+        for count in FEW_REPLICAS:
+            await _replicas_load(rep, instance, Noop, count, 64)
+        for count in FEW_REPLICAS:
+            await _replicas_load(rep, instance, CpuBound, count, 64)
+        await _replicas_load(rep, instance, CpuBound, FEW_REPLICAS[-1], 4)
+        await _replicas_load(rep, instance, Serial, FEW_REPLICAS[-1], 4)
+        await _replicas_load(rep, instance, CpuBound, n, 64)
+        if not await _many_noop_replicas(rep, instance, n):
             return
-        startup = time.perf_counter() - t0
-        status = await instance.status()
-        pids = replica_pids(status, "many")
-        running = status.applications["many"].deployments["Noop"].running_replicas
-        rep.scalar(f"time until {n} replicas run", startup, "s", running=running)
-        if running != n or len(set(pids)) != n:
-            rep.error(
-                f"{n} replicas",
-                f"run() returned with running_replicas={running}, {len(set(pids))} PIDs",
-            )
-        check(await many.remote(7), 7, "many replicas")
-        await rep.load(f"c64, {n} replicas", many.remote, 64, refs=raw_and_ray("c64"))
-        total, n_children = total_rss_mib()
-        rep.scalar(
-            f"total RSS with {n} replicas", total, "MiB", child_processes=n_children, replicas=n
-        )
-        t1 = time.perf_counter()
+        t1 = time.perf_counter()  # leaving the block stops the no-op's n replicas
     rep.scalar(f"shutdown with {n} replicas", time.perf_counter() - t1, "s")
+
+
+def _replicas_case(deployment: serve.Deployment, count: int, concurrency: int) -> str:
+    """``c64, 4 replicas`` for the no-op (the names of earlier results), ``cpu 1 ms, ...``
+    and ``serial 1 ms, ...`` for the others."""
+    what = {Noop: "", CpuBound: "cpu", Serial: "serial"}[deployment]
+    what = f"{what} {CPU_WORK_S * 1000:g} ms, " if what else ""
+    return f"{what}c{concurrency}, {count} replica{'s' if count > 1 else ''}"
+
+
+async def _with_and_without_packing(
+    rep: Reporter, handle: serve.DeploymentHandle, case: str, concurrency: int, refs: Refs
+) -> None:
+    """Measure ``case`` with the router as it is (a fresh router: it starts from spreading
+    and tunes its threshold during the warmup and the first window), then with packing
+    off on the same replicas."""
+    await rep.load(case, handle.remote, concurrency, refs=refs)
+    router = handle._get_router()  # why: the ablation reaches into the handle's router
+    tuned = getattr(router, "packing", None)
+    if tuned is None:  # a revision from before packing (bench/compare.py)
+        return
+    router.packing = _PinnedPacking()
+    await rep.load(case + PACKING_OFF, handle.remote, concurrency, refs=refs)
+    router.packing = tuned
+    rep.note(f"{case}: packing threshold adopted {tuned.adopted} (epoch {tuned.epoch})")
+
+
+async def _replicas_load(
+    rep: Reporter,
+    instance: serve.ServeInstance,
+    deployment: serve.Deployment,
+    count: int,
+    concurrency: int,
+) -> None:
+    """Run ``count`` replicas of ``deployment``, measure them at ``concurrency``, delete."""
+    case = _replicas_case(deployment, count, concurrency)
+    app = f"r{count}"
+    try:
+        with trio.fail_after(600):
+            handle = await instance.run(
+                deployment.options(num_replicas=count).bind(), name=app, route_prefix=None
+            )
+    except (serve.ServeError, trio.TooSlowError) as exc:
+        rep.error(case, f"start {count} replicas: {describe(exc)}")
+        return
+    check(await handle.remote(7), 7, case)
+    refs = raw_and_ray(f"c{concurrency}") if deployment is Noop else ()
+    await _with_and_without_packing(rep, handle, case, concurrency, refs)
+    await instance.delete(app)
+
+
+async def _many_noop_replicas(rep: Reporter, instance: serve.ServeInstance, n: int) -> bool:
+    """Start ``n`` no-op replicas (timed, checked in ``status()``), measure them at c64 and
+    their RSS, and leave them running; False when they did not start."""
+    t0 = time.perf_counter()
+    try:
+        with trio.fail_after(600):
+            many = await instance.run(
+                Noop.options(num_replicas=n).bind(), name="many", route_prefix=None
+            )
+    except (serve.ServeError, trio.TooSlowError) as exc:
+        elapsed = time.perf_counter() - t0
+        rep.error(f"start {n} replicas", f"after {elapsed:.1f}s: {describe(exc)}")
+        return False
+    startup = time.perf_counter() - t0
+    status = await instance.status()
+    pids = replica_pids(status, "many")
+    running = status.applications["many"].deployments["Noop"].running_replicas
+    rep.scalar(f"time until {n} replicas run", startup, "s", running=running)
+    if running != n or len(set(pids)) != n:
+        rep.error(
+            f"{n} replicas",
+            f"run() returned with running_replicas={running}, {len(set(pids))} PIDs",
+        )
+    check(await many.remote(7), 7, "many replicas")
+    case = _replicas_case(Noop, n, 64)
+    await _with_and_without_packing(rep, many, case, 64, raw_and_ray("c64"))
+    total, n_children = total_rss_mib()
+    rep.scalar(f"total RSS with {n} replicas", total, "MiB", child_processes=n_children, replicas=n)
+    return True
 
 
 @attrs.frozen
@@ -755,7 +839,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("http", "HTTP", workload_http, cases=3),
         Workload("ingress", "HTTP, FastAPI ingress", workload_ingress, cases=3),
         Workload("lifecycle", "lifecycle", workload_lifecycle, cases=3),
-        Workload("replicas", "many replicas", workload_replicas, cases=2, base_timeout_s=400),
+        Workload("replicas", "many replicas", workload_replicas, cases=16, base_timeout_s=400),
     ]
 }
 

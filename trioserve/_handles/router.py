@@ -1,7 +1,8 @@
 """The router: one per (process, deployment); the client-side load balancer of handles.
 
-It keeps the deployment's replicas (pushed by the controller), picks one per request by
-power of two choices on its own in-flight counts, never sends a replica more than
+It keeps the deployment's replicas (pushed by the controller), picks one per request on its
+own in-flight counts (packing onto replicas that hold work up to a threshold it measures,
+power of two choices beyond: see ``balance``), never sends a replica more than
 ``max_ongoing_requests``, and queues requests while every replica is full. A replica that
 refuses a request (at capacity because of other routers) gets it back into the queue's
 front; a replica that dies fails the requests it had read with ``ReplicaDiedError``, and
@@ -40,9 +41,9 @@ from ..exceptions import (
     RequestTimeoutError,
     RequestTooLargeError,
 )
-from .balance import pick_replica, pick_replica_for_model
+from .balance import PackingThreshold, pick_replica, pick_replica_for_model
 from .messages import MODEL_SEP
-from .response import _Request
+from .response import DeploymentResponse, _Request
 
 REJECT_BACKOFF_S = 0.002
 #: how long a model sent to a replica counts as held there without a report saying so
@@ -55,6 +56,8 @@ class ReplicaSlot:
     ref: ActorRef
     in_flight: int = 0
     blocked_until: float = 0.0
+    #: the router's count of finished requests when one last finished here
+    last_done: int = 0
     #: multiplexed model ids the replica holds (reported, or sent there from here)
     models: set[str] = attrs.field(factory=set)
     #: models sent there from here lately, by when: kept until a report lists them (or
@@ -108,6 +111,11 @@ class Router:
         self.latency = Histogram("latency", "")
         #: called when a request is queued while the deployment has no replica at all
         self.on_pressure: Callable[[], None] | None = None
+        #: how many requests a replica with work takes before an idle one is woken, tuned
+        #: on the unary requests that finish
+        self.packing = PackingThreshold()
+        #: requests finished here so far (``ReplicaSlot.last_done`` is a value of it)
+        self._done = 0
 
     # -- membership (pushed by the controller)
 
@@ -235,7 +243,14 @@ class Router:
             held = [len(s.models) for s in slots]
             index = pick_replica_for_model(loads, self.max_ongoing, self._rng, holds, blocked, held)
         else:
-            index = pick_replica(loads, self.max_ongoing, self._rng, blocked)
+            index = pick_replica(
+                loads,
+                self.max_ongoing,
+                self._rng,
+                blocked,
+                pack_below=self.packing.value,
+                recency=lambda i: slots[i].last_done,
+            )
         return None if index is None else slots[index]
 
     def update_models(self, models: dict[str, list[str]]) -> None:
@@ -269,14 +284,19 @@ class Router:
             slot.in_flight += 1
             self.ongoing[req.source] = self.ongoing.get(req.source, 0) + 1
             req.assigned(slot.replica_id, inner)
-            inner.add_done_callback(partial(self._on_done, slot, req))
+            sent = (self.packing.epoch, trio.current_time(), slot.in_flight)
+            inner.add_done_callback(partial(self._on_done, slot, req, sent))
             return True
 
     def _count_error(self, req: _Request) -> None:
         self.errors[req.source] = self.errors.get(req.source, 0) + 1
 
-    def _on_done(self, slot: ReplicaSlot, req: _Request, inner: Any) -> None:
+    def _on_done(
+        self, slot: ReplicaSlot, req: _Request, sent: tuple[int, float, int], inner: Any
+    ) -> None:
         slot.in_flight -= 1
+        self._done += 1
+        slot.last_done = self._done
         self.ongoing[req.source] -= 1
         error = inner.exception()
         if type(error) is RejectedError and not req.done():
@@ -294,6 +314,9 @@ class Router:
             return
         now = trio.current_time()
         self.latency.observe((("source", req.source),), now - req.submitted_at)
+        if error is None and type(req) is DeploymentResponse and not req.multiplexed_model_id:
+            epoch, sent_at, load = sent  # a unary call: how long it took says how packing does
+            self.packing.observe(epoch, now - sent_at, load)
         if error is not None:
             self._count_error(req)
         translated = self._translate(slot, error) if error is not None else None

@@ -16,6 +16,7 @@ import trio
 
 import trioserve as serve
 from actors import ActorDiedError, CallCancelledError, CallFuture, RejectedError
+from trioserve._handles.balance import PackingThreshold
 from trioserve._handles.response import DeploymentResponse
 from trioserve._handles.router import Router
 
@@ -349,3 +350,53 @@ async def test_router_chained_request_fails_with_upstream_error() -> None:
         with pytest.raises(fx.CustomError, match="upstream broke"):
             await chained
         assert down.calls == []
+
+
+# -- packing
+
+
+@pytest.mark.autojump
+async def test_router_spreads_until_packing_has_paid() -> None:
+    """A new router spreads requests by power of two choices over idle replicas."""
+    replicas = {name: FakeReplica(name) for name in "abc"}
+    async with trio.open_nursery() as nursery:
+        router = _router(nursery, replicas, max_ongoing=10)
+        for i in range(6):
+            _send(router, i)
+        assert sorted(len(r.calls) for r in replicas.values()) == [2, 2, 2]
+
+
+@pytest.mark.autojump
+async def test_router_packs_up_to_its_threshold_then_wakes_the_warmest() -> None:
+    """With a threshold of 3, a replica with work takes requests until it holds 3; the
+    next goes to the idle replica that finished a request last."""
+    a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")
+    async with trio.open_nursery() as nursery:
+        router = _router(nursery, {"a": a, "b": b, "c": c}, max_ongoing=10)
+        _send(router, "first")
+        (only,) = [r for r in (a, b, c) if r.calls]
+        only.calls[0][2].set_result(None)  # it is idle again, and finished last
+        router.packing = PackingThreshold(value=3, adopted=3)
+        for i in range(4):
+            _send(router, i)
+        assert only.args[1:] == [0, 1, 2]
+        assert sorted(len(r.calls) for r in (a, b, c)) == [0, 1, 4]
+
+
+@pytest.mark.autojump
+async def test_router_tunes_packing_on_finished_unary_requests() -> None:
+    """Each request that finishes with a value counts for the threshold's epoch; one that
+    fails does not."""
+    a = FakeReplica("a")
+    async with trio.open_nursery() as nursery:
+        router = _router(nursery, {"a": a}, max_ongoing=10)
+        router.packing = PackingThreshold(epoch_size=2)
+        failed, first, second = _send(router, 1), _send(router, 2), _send(router, 3)
+        a.calls[0][2].set_error(ValueError("user error"))
+        a.calls[1][2].set_result("one")
+        assert router.packing.epoch == 0
+        a.calls[2][2].set_result("two")
+        assert router.packing.epoch == 1
+        with pytest.raises(ValueError, match="user error"):
+            await failed
+        assert [await first, await second] == ["one", "two"]
