@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 import msgspec
 
-from ._wire import ErrorInfo
+from ._wire import Call, ErrorInfo, Result
 from .exceptions import ProtocolError, RemoteError
 
 PICKLE_EXT = 1
@@ -95,6 +95,33 @@ def encode_value(obj: object) -> bytes:
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     return _encoder.encode([[wrap(a) for a in args], {k: wrap(v) for k, v in kwargs.items()}])
+
+
+_CALL_TAG = Call.__struct_config__.tag
+_RESULT_TAG = Result.__struct_config__.tag
+
+
+def encode_call(
+    call_id: int,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None = None,
+    stream: bool = False,
+    duplex: bool = False,
+) -> bytes:
+    """A whole ``Call`` envelope, encoded in one pass: the same bytes as encoding a ``Call``
+    whose payload is ``encode_args(args, kwargs)``, without encoding the payload apart
+    (trailing fields left at their defaults are omitted, as a decoder allows)."""
+    payload = [[wrap(a) for a in args], {k: wrap(v) for k, v in kwargs.items()}]
+    if timeout is None and not stream and not duplex:
+        return _encoder.encode((_CALL_TAG, call_id, method, payload))
+    return _encoder.encode((_CALL_TAG, call_id, method, payload, timeout, stream, duplex))
+
+
+def encode_result(call_id: int, value: object) -> bytes:
+    """A whole ``Result`` envelope for ``value``, encoded in one pass."""
+    return _encoder.encode((_RESULT_TAG, call_id, wrap(value)))
 
 
 def _ext_allowed(code: int, data: memoryview) -> Any:

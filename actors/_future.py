@@ -23,46 +23,61 @@ class CallFuture:
 
     ``await fut`` returns the value or raises the remote error. If the awaiting task is
     cancelled, the call is cancelled too (a ``Cancel`` goes to the actor). ``add_done_callback``
-    runs callbacks synchronously, in the resolving task, once.
+    runs callbacks synchronously, in the resolving task, once. ``label`` names the call in
+    messages; it may be given as a ``(actor, method)`` pair, joined only when a message
+    needs it.
     """
 
     __slots__ = (
         "_callbacks",
         "_canceller",
         "_error",
-        "_event",
+        "_label",
         "_value",
+        "_waiter",
+        "_waiters",
         "cancelled_error",
-        "label",
     )
 
     def __init__(
         self,
         canceller: Callable[[], None] | None = None,
-        label: str = "",
+        label: str | tuple[str, str] = "",
         cancelled_error: Callable[[str], BaseException] = CallCancelledError,
     ) -> None:
         self._value: Any = _PENDING
         self._error: BaseException | None = None
-        self._event: trio.Event | None = None
+        #: the task waiting for the outcome, and any more (rare: one waiter is the rule)
+        self._waiter: trio.lowlevel.Task | None = None
+        self._waiters: list[trio.lowlevel.Task] | None = None
         self._callbacks: list[Callable[[CallFuture], None]] | None = None
         self._canceller = canceller
-        self.label = label
+        self._label = label
         #: builds the error a cancelled call ends with
         self.cancelled_error = cancelled_error
+
+    @property
+    def label(self) -> str:
+        """The call's name in messages (``actor.method``)."""
+        label = self._label
+        return label if isinstance(label, str) else ".".join(label)
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._label = value
 
     # -- resolving (synchronous, from the side that runs the call)
 
     def set_result(self, value: Any) -> None:
         """Resolve with ``value`` (ignored once done)."""
-        if self.done():
+        if self._value is not _PENDING:
             return
         self._value = value
         self._finish()
 
     def set_error(self, error: BaseException) -> None:
         """Resolve with ``error`` (ignored once done)."""
-        if self.done():
+        if self._value is not _PENDING:
             return
         self._value = None
         self._error = error
@@ -70,8 +85,14 @@ class CallFuture:
 
     def _finish(self) -> None:
         self._canceller = None
-        if self._event is not None:
-            self._event.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+            if self._waiters is not None:
+                waiters, self._waiters = self._waiters, None
+                for task in waiters:
+                    trio.lowlevel.reschedule(task)
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for cb in callbacks:
@@ -99,27 +120,42 @@ class CallFuture:
 
     def add_done_callback(self, cb: Callable[[CallFuture], None]) -> None:
         """Call ``cb(self)`` once the call ends (at once if it has), synchronously."""
-        if self.done():
+        if self._value is not _PENDING:
             cb(self)
             return
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(cb)
 
+    async def _park(self) -> None:
+        """Wait until the outcome is set (a checkpoint; raises ``Cancelled`` if cancelled)."""
+        task = trio.lowlevel.current_task()
+        if self._waiter is None:
+            self._waiter = task
+        else:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(task)
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            if self._waiter is task:
+                self._waiter = self._waiters.pop(0) if self._waiters else None
+            elif self._waiters is not None:
+                self._waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     async def wait_done(self) -> None:
         """Wait until the call has finished, without cancelling it if we are cancelled."""
         if self._value is _PENDING:
-            if self._event is None:
-                self._event = trio.Event()
-            await self._event.wait()
+            await self._park()
 
     async def wait(self) -> Any:
         """Wait for the result; cancelling the waiting task cancels the call."""
         if self._value is _PENDING:
-            if self._event is None:
-                self._event = trio.Event()
             try:
-                await self._event.wait()
+                await self._park()
             except trio.Cancelled:  # why: a cancelled caller cancels the work; re-raised
                 self.cancel()
                 raise
@@ -136,7 +172,7 @@ class CallFuture:
         The actor is told first, then the future ends: whatever the future's callbacks send
         next reaches the actor after the cancellation.
         """
-        if self.done():
+        if self._value is not _PENDING:
             return False
         canceller, self._canceller = self._canceller, None
         if canceller is not None:

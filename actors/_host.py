@@ -19,6 +19,7 @@ from . import _codec, _wire
 from ._future import CallFuture, StreamReceiver, StreamSender
 from ._link import Link
 from ._methods import Kind, method_kind
+from ._runners import Interruption, RunnerPool, Running
 from .exceptions import (
     ActorDiedError,
     CallCancelledError,
@@ -54,16 +55,6 @@ class Credit:
     async def take(self) -> None:
         while not self.try_take():
             await self._lot.park()
-
-
-class Running:
-    """A started call: its cancel scope, and whether it still counts as ongoing."""
-
-    __slots__ = ("released", "scope")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.released = False
 
 
 class Reply:
@@ -110,10 +101,12 @@ class LocalReply(Reply):
 class ActorHost:
     """Runs calls on ``obj``.
 
-    Tasks: one per call, in ``nursery`` (the host's owner's). At most ``max_ongoing`` calls
-    run at once across all callers; beyond that a call is refused with ``Rejected`` and never
-    starts. ``stop_accepting()`` then ``await wait_idle()`` drains; cancelling the nursery
-    cancels every call (callers get ``CallCancelledError``).
+    Tasks: call runners, in ``nursery`` (the host's owner's): a few for many calls, one
+    more for each call that is waiting on something (see ``actors._runners``). At most
+    ``max_ongoing`` calls run at once across all callers; beyond that a call is refused
+    with ``Rejected`` and never starts. ``stop_accepting()`` then ``await wait_idle()``
+    drains; cancelling the nursery ends every call (their callers are told the actor
+    stopped).
     """
 
     def __init__(
@@ -127,7 +120,7 @@ class ActorHost:
         self.obj = obj
         self.name = name
         self.max_ongoing = max_ongoing if max_ongoing is not None else math.inf
-        self._nursery = nursery
+        self._runners = RunnerPool(nursery, self._interrupted)
         self._methods: dict[str, tuple[Callable[..., Any], Kind]] = {}
         self.ongoing = 0
         self.accepting = True
@@ -190,8 +183,8 @@ class ActorHost:
 
     def cancel(self, running: Running) -> None:
         """Cancel a call and stop counting it at once: a call the caller sends right after
-        cancelling is admitted even though the cancelled task has not unwound yet."""
-        running.scope.cancel()
+        cancelling is admitted even though the cancelled one has not unwound yet."""
+        running.cancel()
         if not running.released:
             running.released = True
             self._release()
@@ -223,79 +216,98 @@ class ActorHost:
         timeout: float | None,
         credit: Credit | None,
         inbox: StreamReceiver | None = None,
-        gate: trio.Event | None = None,
+        dispatch: bool = True,
+        now: float | None = None,
     ) -> Running:
         """Start one admitted call; returns its handle for :meth:`cancel`. A streaming call
-        has ``credit`` (a duplex one also its caller's ``inbox``). With a ``gate``, the
-        call's work begins only once the gate is set."""
-        running = Running()
+        has ``credit`` (a duplex one also its caller's ``inbox``). Without ``dispatch``,
+        the call waits until it is given to :meth:`dispatch` (a remote call waits until its
+        caller has been told it was received). It runs in a copy of the current context.
+        ``timeout`` counts from ``now`` (when the call was read; the current time if None)."""
+        deadline = math.inf
+        if timeout is not None:
+            deadline = (trio.current_time() if now is None else now) + max(timeout, 0.0)
+        running = Running(
+            self._run,
+            reply,
+            method,
+            payload,
+            args,
+            kwargs,
+            deadline=deadline,
+            credit=credit,
+            inbox=inbox,
+        )
         if method in self.control_methods:
             running.released = True  # never counted
-        if timeout is not None:
-            running.scope.deadline = trio.current_time() + max(timeout, 0.0)
-        self._nursery.start_soon(
-            self._run, running, reply, method, payload, args, kwargs, credit, inbox, gate
-        )
+        if dispatch:
+            self._runners.dispatch(running)
         return running
 
-    async def _run(
-        self,
-        running: Running,
-        reply: Reply,
-        method: str,
-        payload: bytes | _wire.Raw | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        credit: Credit | None,
-        inbox: StreamReceiver | None,
-        gate: trio.Event | None,
-    ) -> None:
+    def dispatch(self, running: Running) -> None:
+        """Let a call started with ``dispatch=False`` run (a cancelled one never does)."""
+        self._runners.dispatch(running)
+
+    async def _run(self, running: Running) -> None:
+        """A call's body, run by a runner in the call's context: its outcome goes to its
+        reply. Cancellation (by the caller, the deadline or the host stopping) propagates
+        to the runner, which tells the caller (:meth:`_interrupted`)."""
         observer = self.observer
         started = trio.current_time() if observer is not None else 0.0
+        reply = running.reply
         ok = False
-        scope = running.scope
         try:
-            with scope:
-                try:
-                    if gate is not None and not gate.is_set():
-                        await gate.wait()  # the caller must hear the call was read first
-                    if payload is not None:
-                        args, kwargs = _codec.decode_args(payload)
-                    fn, kind = self._methods.get(method) or self.resolve(method)
-                    if credit is None:
-                        if kind == "async":
-                            value = await fn(*args, **kwargs)
-                        else:
-                            value = await self._invoke(fn, kind, args, kwargs)
-                        ok = True
-                        reply.result(value)
+            try:
+                args, kwargs = running.args, running.kwargs
+                if running.payload is not None:
+                    args, kwargs = _codec.decode_args(running.payload)
+                fn, kind = self._methods.get(running.method) or self.resolve(running.method)
+                credit = running.credit
+                if credit is None:
+                    if kind == "async":
+                        value = await fn(*args, **kwargs)
                     else:
-                        await drive_stream(reply, fn, kind, args, kwargs, credit, inbox)
-                        ok = True
-                        reply.end()
-                except Exception as exc:
-                    if self.on_error is not None:
-                        self.on_error(exc)
-                    reply.error(exc)
-            if scope.cancelled_caught:
-                if scope.deadline <= trio.current_time():
-                    reply.error(DeadlineExceededError(f"{self.name}.{method} passed its deadline"))
+                        value = await self._invoke(fn, kind, args, kwargs)
+                    ok = True
+                    reply.result(value)
                 else:
-                    reply.error(CallCancelledError(f"{self.name}.{method} was cancelled"))
-        except trio.Cancelled:  # why: the host is stopping; tell the caller, then unwind
-            with contextlib.suppress(Exception):
-                reply.error(ActorDiedError(f"{self.name} stopped while running {method}"))
-            raise
+                    await drive_stream(reply, fn, kind, args, kwargs, credit, running.inbox)
+                    ok = True
+                    reply.end()
+            except Exception as exc:
+                if self.on_error is not None:
+                    self.on_error(exc)
+                reply.error(exc)
         except Exception:  # why: the link may be gone; the caller is told by its loss instead
             pass
         finally:
-            if not running.released:
-                running.released = True
-                self._release()
-            if inbox is not None:
-                inbox.finish()  # nothing reads it any more: its sender stops
+            self._ended(running)
             if observer is not None:
-                observer(method, trio.current_time() - started, ok)
+                observer(running.method, trio.current_time() - started, ok)
+
+    def _ended(self, running: Running) -> None:
+        if not running.released:
+            running.released = True
+            self._release()
+        if running.inbox is not None:
+            running.inbox.finish()  # nothing reads it any more: its sender stops
+
+    def _interrupted(self, running: Running, why: Interruption) -> None:
+        """``running`` ended without its own outcome (see ``actors._runners``)."""
+        method = running.method
+        error: BaseException
+        if why == "deadline":
+            error = DeadlineExceededError(f"{self.name}.{method} passed its deadline")
+        elif why == "cancelled":
+            error = CallCancelledError(f"{self.name}.{method} was cancelled")
+        else:
+            error = ActorDiedError(f"{self.name} stopped while running {method}")
+        with contextlib.suppress(Exception):  # why: the link may be gone; its loss tells the caller
+            running.reply.error(error)
+        if not running.started:  # its body never ran to say so
+            self._ended(running)
+            if self.observer is not None:
+                self.observer(method, 0.0, False)
 
     @staticmethod
     async def _invoke(

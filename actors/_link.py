@@ -1,19 +1,29 @@
 """A link: one authenticated websocket carrying batches of envelopes in both directions.
 
 Outgoing envelopes are encoded when queued (so an oversized or unencodable message fails at
-the caller) and coalesced by one writer task into as few websocket messages as possible.
-One reader task drains the socket and hands each envelope to a synchronous callback, so the
-socket is always drained (trio-websocket stalls its pings while its message queue is full).
+the caller) and written from synchronous code, without a task switch, in three ways:
+
+* the first envelope queued since the last incoming message, when nothing waits before it,
+  is written at once (an answer, or a call after an answer: one message, no delay);
+* the next ones wait for the writer task, woken by the first of them: it runs once every
+  task that was runnable with the one that woke it has run, and writes all they queued as
+  one message (``COALESCE_BYTES`` at most);
+* but once ``COALESCE_ENVELOPES`` wait, the task queueing the last one writes them.
+
+What the socket does not take at once waits, in order, for the writer. One reader task
+drains the socket and hands each envelope to a synchronous callback, so the socket is always
+drained.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from . import _wire
 from .exceptions import MessageTooLargeError
@@ -27,6 +37,28 @@ _FRAME_OVERHEAD = 16
 #: travels alone. Small envelopes gain from sharing (one frame, one syscall); large ones
 #: only lose: the peer cannot start on the first until the whole message has arrived.
 COALESCE_BYTES = 64 * 1024
+#: once this many envelopes are queued, the task queueing the last one writes them at once
+#: (one message), instead of leaving them for the writer: the peer starts on them while this
+#: process goes on producing, so the two work at the same time rather than in turns
+COALESCE_ENVELOPES = 8
+
+
+class LinkSocket(Protocol):
+    """What a link needs of a websocket (``actors._websocket.WebSocket``, or the in-memory
+    one of ``actors._memory``); every method raises ``ConnectionClosed`` once it is closed."""
+
+    def write_message(self, message: bytes) -> bool:
+        """Send ``message`` now if the socket takes it; False: the rest waits for
+        :meth:`flush`, in order."""
+
+    async def flush(self) -> None:
+        """Wait until everything written has been handed to the socket."""
+
+    async def get_message(self) -> bytes | str:
+        """The next message."""
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close (a close handshake, bounded by the caller)."""
 
 
 class Link:
@@ -44,7 +76,7 @@ class Link:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: LinkSocket,
         on_envelope: Callable[[_wire.Envelope], None],
         *,
         on_close: Callable[[str], None] | None = None,
@@ -63,7 +95,13 @@ class Link:
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._lot = trio.lowlevel.ParkingLot()
-        self._sending = False
+        #: whether the writer waits in ``_lot`` for envelopes (and must be woken)
+        self._writer_parked = False
+        #: whether the first envelope since the last incoming message was written already
+        self._wrote_first = False
+        #: whether bytes written wait in the websocket for the socket to take them
+        self._unflushed = False
+        self._limit = min(max_message_size - _FRAME_OVERHEAD, COALESCE_BYTES)
         self._flushed = trio.lowlevel.ParkingLot()
         self._decoder = _wire.BatchDecoder()
         self._last_seen = 0.0
@@ -73,24 +111,78 @@ class Link:
         self._cancel_scope: trio.CancelScope | None = None
         self._close_code = 1000
 
+    @property
+    def read_at(self) -> float:
+        """When the last incoming message was read (Trio time)."""
+        return self._last_seen
+
     # -- sending
 
     def send_nowait(self, envelope: _wire.Envelope) -> None:
         """Queue ``envelope`` for the writer. Raises ``MessageTooLargeError`` if it can never
         fit in one websocket message; silently drops it if the link is closed."""
-        data = _wire.encode_envelope(envelope)
-        if len(data) + _FRAME_OVERHEAD > self.max_message_size:
-            raise MessageTooLargeError(len(data), self.max_message_size)
+        self.send_encoded_nowait(_wire.encode_envelope(envelope))
+
+    def send_encoded_nowait(self, data: bytes) -> None:
+        """:meth:`send_nowait` for an envelope encoded already (``_codec.encode_call``)."""
+        size = len(data)
+        if size + _FRAME_OVERHEAD > self.max_message_size:
+            raise MessageTooLargeError(size, self.max_message_size)
         if self.closed:
             return
-        self._outbox.append(data)
-        self._outbox_bytes += len(data)
-        self._lot.unpark()
+        outbox = self._outbox
+        if not outbox and not self._wrote_first and not self._unflushed:
+            self._wrote_first = True
+            self._write([data])
+            return
+        outbox.append(data)
+        self._outbox_bytes += size
+        if len(outbox) >= COALESCE_ENVELOPES and not self._unflushed:
+            self._write_outbox()
+        elif self._writer_parked:
+            self._writer_parked = False
+            self._lot.unpark()
+
+    def _write(self, batch: list[bytes]) -> None:
+        """Write one message now; what the socket does not take waits for the writer."""
+        try:
+            written = self.ws.write_message(_wire.frame(batch))
+        except ConnectionClosed as exc:
+            # the link's own tasks end it (and tell ``on_close``), never a caller's task in
+            # the middle of queueing something
+            if not self.close_reason:
+                self.close_reason = _closed_reason(exc)
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
+            return
+        self._last_sent = trio.current_time()
+        if not written:
+            self._unflushed = True
+            if self._writer_parked:
+                self._writer_parked = False
+                self._lot.unpark()
+
+    def _write_outbox(self) -> None:
+        """Write everything queued, in messages of ``COALESCE_BYTES`` at most."""
+        while self._outbox and not self.closed:
+            batch = self._outbox
+            if self._outbox_bytes <= self._limit:
+                self._outbox = []
+                self._outbox_bytes = 0
+            else:
+                cut, size = _wire.batch_cut(batch, self._limit)
+                self._outbox = batch[cut:]
+                self._outbox_bytes -= size
+                batch = batch[:cut]
+            self._write(batch)
+        if self._flushed and not self._unflushed:
+            self._flushed.unpark_all()
 
     async def send_now(self, envelope: _wire.Envelope) -> None:
         """Send one small envelope at once, ahead of the queue: once this returns it has
         been handed to the socket. Raises ``ConnectionClosed`` if the link is gone."""
-        await self.ws.send_message(_wire.frame([_wire.encode_envelope(envelope)]))
+        if not self.ws.write_message(_wire.frame([_wire.encode_envelope(envelope)])):
+            await self.ws.flush()  # the socket is full: wait until it took this too
         self._last_sent = trio.current_time()
 
     def close(self, reason: str, *, protocol_error: bool = False) -> None:
@@ -115,34 +207,24 @@ class Link:
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been handed to the socket."""
-        while (self._outbox or self._sending) and not self.closed:
+        while (self._outbox or self._unflushed) and not self.closed:
             await self._flushed.park()
 
     async def _writer(self) -> None:
-        ws = self.ws
-        limit = min(self.max_message_size - _FRAME_OVERHEAD, COALESCE_BYTES)
         while True:
-            while not self._outbox:
-                await self._lot.park()
-            # let the tasks that are runnable now queue their envelopes too: one
-            # websocket message (and one syscall) carries them all
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            batch = self._outbox
-            if self._outbox_bytes <= limit:
-                self._outbox = []
-                self._outbox_bytes = 0
-            else:
-                cut, size = _wire.batch_cut(batch, limit)
-                self._outbox = batch[cut:]
-                self._outbox_bytes -= size
-                batch = batch[:cut]
-            self._sending = True
-            try:
-                await ws.send_message(_wire.frame(batch))
-            finally:
-                self._sending = False
-            self._last_sent = trio.current_time()
-            if not self._outbox:
+            while not self._outbox and not self._unflushed:
+                self._writer_parked = True
+                try:
+                    await self._lot.park()
+                finally:
+                    self._writer_parked = False
+            # woken by the first envelope queued, the writer runs after every task that
+            # was runnable with the one that queued it: one message carries what they queued
+            self._wrote_first = False
+            self._write_outbox()
+            if self._unflushed:
+                await self.ws.flush()  # the socket is full: wait until it takes the rest
+                self._unflushed = False
                 self._flushed.unpark_all()
 
     # -- receiving
@@ -154,6 +236,7 @@ class Link:
         after_batch = self._after_batch
         while True:
             message = await ws.get_message()
+            self._wrote_first = False
             self._last_seen = trio.current_time()
             if isinstance(message, str):
                 await self._protocol_error("text frames are not part of the protocol")
@@ -186,6 +269,7 @@ class Link:
                 return
             if not self._outbox and now - self._last_sent >= self._heartbeat_interval:
                 self._outbox.append(_HEARTBEAT)
+                self._writer_parked = False
                 self._lot.unpark()
 
     async def run(self) -> None:
@@ -202,9 +286,8 @@ class Link:
             self._mark_closed(self.close_reason or "connection closed")
             cancelled = trio.current_effective_deadline() == -math.inf
             if not cancelled:
-                # A close handshake needs trio-websocket's reader, which our owner's
-                # cancellation would have stopped too: only attempt it when not cancelled
-                # (trio-websocket closes the socket itself on the way out then).
+                # A close handshake waits for the peer's answer: a link whose owner is
+                # cancelled does not wait (its owner closes the socket on the way out).
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True  # why: a closing link says goodbye, bounded
                     await self.ws.aclose(code=self._close_code, reason=self.close_reason[:120])
@@ -213,11 +296,13 @@ class Link:
         try:
             await fn()  # type: ignore[misc]  # why: fn is one of the link's own async loops
         except ConnectionClosed as exc:
-            reason = exc.reason
-            self._mark_closed(
-                f"connection closed ({reason.code} {reason.reason or ''})".strip()
-                if reason
-                else "connection closed"
-            )
+            self._mark_closed(_closed_reason(exc))
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _closed_reason(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "connection closed"
+    return f"connection closed ({reason.code} {reason.reason or ''})".strip()

@@ -3,6 +3,8 @@ over Trio memory channels (no sockets), for tests that need Trio but no network.
 
 from __future__ import annotations
 
+import collections
+
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
@@ -21,6 +23,8 @@ class MemoryWebSocket:
         self._send = send
         self._receive = receive
         self.closed: CloseReason | None = None
+        #: messages written while the channel was full, in order
+        self._backlog: collections.deque[bytes | str] = collections.deque()
 
     def _gone(self) -> ConnectionClosed:
         return ConnectionClosed(self.closed or CloseReason(1006, "peer went away"))
@@ -28,10 +32,34 @@ class MemoryWebSocket:
     async def send_message(self, message: bytes | str) -> None:
         if self.closed is not None:
             raise self._gone()
+        await self.flush()
         try:
             await self._send.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._gone() from None
+
+    def write_message(self, message: bytes) -> bool:
+        """Send now if the channel has room (True), else keep it for :meth:`flush`."""
+        if self.closed is not None:
+            raise self._gone()
+        if not self._backlog:
+            try:
+                self._send.send_nowait(message)
+                return True
+            except trio.WouldBlock:
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise self._gone() from None
+        self._backlog.append(message)
+        return False
+
+    async def flush(self) -> None:
+        while self._backlog:
+            try:
+                await self._send.send(self._backlog[0])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise self._gone() from None
+            self._backlog.popleft()
 
     async def get_message(self) -> bytes | str:
         try:

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import msgspec
 import trio
-from trio_websocket import WebSocketConnection
 
 from . import _codec, _wire
 from ._forkserver import ForkServer, fork_supported
@@ -36,6 +35,7 @@ from ._ref import RemoteRef
 from ._serve import ENV_TOKEN
 from ._spec import Actor, ActorSpec
 from ._transport import MAX_CONNECTIONS, connect, serve_links
+from ._websocket import WebSocket
 from .exceptions import SpawnError
 
 ENV_PARENT = "ACTORS_PARENT"
@@ -126,7 +126,7 @@ class ActorSystem:
 
     # -- the control listener's side
 
-    async def _on_control_link(self, ws: WebSocketConnection) -> None:
+    async def _on_control_link(self, ws: WebSocket) -> None:
         slot: _Slot | None = None
 
         def on_envelope(env: _wire.Envelope) -> None:
@@ -331,7 +331,7 @@ async def open_actor_system(
         async with trio.open_nursery() as nursery:
             holder: list[ActorSystem] = []
 
-            async def on_link(ws: WebSocketConnection) -> None:
+            async def on_link(ws: WebSocket) -> None:
                 await holder[0]._on_control_link(ws)
 
             bound_host, port = await nursery.start(

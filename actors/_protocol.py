@@ -84,16 +84,22 @@ class CallerProtocol:
         duplex: bool = False,
     ) -> _wire.Call:
         """Register a new call of ``owner``; the ``Call`` to send (its id is ``.id``)."""
+        call_id = self.open(owner, stream=stream, duplex=duplex)
+        return _wire.Call(
+            call_id, method, _wire.Raw(payload), timeout=timeout, stream=stream, duplex=duplex
+        )
+
+    def open(self, owner: Any, *, stream: bool = False, duplex: bool = False) -> int:
+        """Register a new call of ``owner`` and return its id; the shell builds the ``Call``
+        itself (``start`` does it here)."""
         call_id = self._next_id
         self._next_id = call_id + 1
         self._owners[call_id] = owner
         if stream or duplex:
             self._streams.add(call_id)
-        if duplex:
-            self._upload_credit[call_id] = 0
-        return _wire.Call(
-            call_id, method, _wire.Raw(payload), timeout=timeout, stream=stream, duplex=duplex
-        )
+            if duplex:
+                self._upload_credit[call_id] = 0
+        return call_id
 
     def forget(self, call_id: int) -> None:
         """Drop a call that could not be sent (its envelope failed to encode)."""
@@ -181,7 +187,7 @@ class CallerProtocol:
 
     def _end(self, call_id: int) -> Any:
         owner = self._owners.pop(call_id, None)
-        if owner is not None:
+        if owner is not None and self._streams:
             self._streams.discard(call_id)
             self._upload_credit.pop(call_id, None)
         return owner

@@ -7,6 +7,7 @@ returns a :class:`CallFuture`; ``submit_stream`` returns a :class:`StreamReceive
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Protocol, cast
 
 import trio
@@ -127,20 +128,25 @@ class RemoteRef:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        **opts: Any,
+        timeout: float | None,
+        stream: bool = False,
+        duplex: bool = False,
     ) -> int:
         link = self.link
         if link is None or link.closed:
             reason = link.close_reason if link is not None else "not connected"
             raise ActorDiedError(f"actor {self.name} is unreachable: {reason}", actor=self.name)
-        payload = _codec.encode_args(args, kwargs or {})
-        call = self.protocol.start(method, payload, owner, **opts)
+        protocol = self.protocol
+        call_id = protocol.open(owner, stream=stream, duplex=duplex)
         try:
-            link.send_nowait(call)
+            data = _codec.encode_call(
+                call_id, method, args, kwargs or {}, timeout, stream=stream, duplex=duplex
+            )
+            link.send_encoded_nowait(data)
         except BaseException:  # why: a call that cannot be sent is forgotten; re-raised
-            self.protocol.forget(call.id)
+            protocol.forget(call_id)
             raise
-        return call.id
+        return call_id
 
     def submit(
         self,
@@ -151,13 +157,13 @@ class RemoteRef:
         timeout: float | None = None,
     ) -> CallFuture:
         """Send a call now; its :class:`CallFuture` (encoding errors fail the future)."""
-        fut = CallFuture(label=f"{self.name}.{method}")
+        fut = CallFuture(label=(self.name, method))
         try:
-            call_id = self._send_call(fut, method, args, kwargs, timeout=timeout)
+            call_id = self._send_call(fut, method, args, kwargs, timeout)
         except Exception as exc:  # why: encoding and size errors fail this call only
             fut.set_error(exc)
             return fut
-        fut._canceller = lambda: self._cancel(call_id)
+        fut._canceller = partial(self._cancel, call_id)
         return fut
 
     def submit_stream(
@@ -214,15 +220,7 @@ class RemoteRef:
             receiver.sender = sender
         try:
             holder.append(
-                self._send_call(
-                    receiver,
-                    method,
-                    args,
-                    kwargs,
-                    timeout=timeout,
-                    stream=True,
-                    duplex=duplex,
-                )
+                self._send_call(receiver, method, args, kwargs, timeout, stream=True, duplex=duplex)
             )
         except Exception as exc:  # why: encoding and size errors fail this call only
             receiver.finish(exc)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import trio
-from trio_websocket import WebSocketConnection
 
 from ._host import ActorHost
 from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
 from ._session import HostSession
 from ._transport import HANDSHAKE_TIMEOUT_S, MAX_CONNECTIONS, serve_links
+from ._websocket import WebSocket
 
 ENV_TOKEN = "ACTORS_TOKEN"
 
@@ -37,7 +37,7 @@ async def serve_host(
     ``on_connections`` bound the listener as :func:`actors.serve_links` says.
     """
 
-    async def on_link(ws: WebSocketConnection) -> None:
+    async def on_link(ws: WebSocket) -> None:
         holder: list[Any] = []
         link = Link(
             ws,

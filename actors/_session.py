@@ -3,7 +3,7 @@
 
 The link's reader hands each envelope to :meth:`HostSession.on_envelope` (synchronous);
 after each websocket message, :meth:`HostSession.after_batch` acknowledges the calls that
-message held before any of them starts (see ``actors._protocol`` for the rules).
+message held, and only then lets them run (see ``actors._protocol`` for the rules).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, cast
 
-import trio
-
 from . import _codec, _protocol, _wire
 from ._future import StreamReceiver
-from ._host import ActorHost, Credit, Reply, Running
+from ._host import ActorHost, Credit, Reply
 from ._link import Link
+from ._runners import Running
 
 
 class BookedCredit(Credit):
@@ -47,33 +46,34 @@ class HostSession:
         #: every call still running for this caller (ids may be reused by a bad caller,
         #: so the books by id may not know them all)
         self.running: set[Running] = set()
-        #: calls read since the last acknowledgement wait on this before they start
-        self._gate: trio.Event | None = None
+        #: calls read since the last acknowledgement: they run once it has been sent
+        self._unacknowledged: list[Running] = []
         #: envelopes that may only follow the acknowledgement (request-stream credit: a
         #: caller that has it must know its call was delivered)
         self._after_ack: list[_wire.Envelope] = []
 
     def after_batch(self) -> Awaitable[None] | None:
         """After each incoming message: acknowledge the calls it held (see ``Received``)."""
-        if self._gate is None and self.protocol.acknowledgement() is None:
+        if not self._unacknowledged and self.protocol.acknowledgement() is None:
             return None
         return self._acknowledge()
 
     async def _acknowledge(self) -> None:
         received = self.protocol.acknowledgement()
-        gate, self._gate = self._gate, None
-        after, self._after_ack = self._after_ack, []
         if received is not None:
             try:
                 await self.link.send_now(received)
             except BaseException:  # why: calls the caller never heard of must not run; re-raised
-                self.close()  # cancels every call of this caller, the waiting ones too
+                self.close()  # cancels every call of this caller, the unacknowledged ones too
                 raise
             self.protocol.acknowledged(received.upto)
+        after, self._after_ack = self._after_ack, []
         for envelope in after:
             self.link.send_nowait(envelope)
-        if gate is not None:
-            gate.set()
+        calls, self._unacknowledged = self._unacknowledged, []
+        dispatch = self.host.dispatch
+        for running in calls:
+            dispatch(running)
 
     def on_envelope(self, env: _wire.Envelope) -> None:
         try:
@@ -118,9 +118,7 @@ class HostSession:
                 label=f"{self.host.name}.{call.method} request stream",
             )
             self._after_ack.append(grant)
-        if self._gate is None:
-            self._gate = trio.Event()
-        reply.running = self.host.start(
+        running = reply.running = self.host.start(
             reply,
             call.method,
             call.payload,
@@ -129,9 +127,11 @@ class HostSession:
             timeout=call.timeout,
             credit=reply.credit,
             inbox=reply.inbox,
-            gate=self._gate,
+            dispatch=False,
+            now=None if call.timeout is None else self.link.read_at,
         )
-        self.running.add(reply.running)
+        self._unacknowledged.append(running)
+        self.running.add(running)
 
     def _grant(self, call_id: int, n: int) -> None:
         envelope = self.protocol.grant(call_id, n)
@@ -139,9 +139,13 @@ class HostSession:
             self.link.send_nowait(envelope)
 
     def close(self) -> None:
-        """The caller is gone: cancel everything it asked for."""
+        """The caller is gone: cancel everything it asked for (what was never acknowledged
+        never runs)."""
+        for running in self._unacknowledged:
+            self.host.cancel(running)  # never dispatched: stops counting now
+        self._unacknowledged = []
         for running in self.running:
-            running.scope.cancel()
+            running.cancel()
         self.running.clear()
         for owner in self.protocol.lose():
             if owner.inbox is not None:
@@ -171,8 +175,7 @@ class SessionReply(Reply):
     def result(self, value: Any) -> None:
         self._done()
         try:
-            data = _codec.encode_value(value)
-            self.link.send_nowait(_wire.Result(self.call_id, _wire.Raw(data)))
+            self.link.send_encoded_nowait(_codec.encode_result(self.call_id, value))
         except Exception as exc:  # why: an unencodable or oversized result fails its call only
             self._send_error(exc)
 

@@ -4,8 +4,9 @@ Every endpoint requires the instance token in the handshake (header ``x-actors-t
 and the protocol version as the websocket subprotocol; a wrong or missing token is refused
 with HTTP 401 before any message is read. Tokens are compared in constant time.
 
-Both ends own their TCP stream and close it themselves when the link ends, however it ends
-(trio-websocket leaves a stream whose peer went away open until garbage collection).
+The websocket is ``actors._websocket.WebSocket`` (wsproto, read and written by the link's
+own tasks, no task of its own). Both ends own their TCP stream and close it themselves when
+the link ends, however it ends.
 
 Limits before authentication, per listener: a connection has ``HANDSHAKE_TIMEOUT_S`` to
 complete its handshake (it is closed as soon as its peer hangs up, too), and at most
@@ -34,16 +35,13 @@ from typing import NoReturn
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionRejected,
-    WebSocketConnection,
-    WebSocketRequest,
-)
-from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request
 
+from . import _websocket
 from ._groups import unwrap_lone_error
 from ._link import DEFAULT_MAX_MESSAGE_SIZE, Link
 from ._ref import RemoteRef
+from ._websocket import WebSocket
 from ._wire import PROTOCOL
 from .exceptions import ActorDiedError, AuthenticationError, ConnectTimeoutError, ProtocolError
 
@@ -242,7 +240,7 @@ class GateDecision:
 
 
 async def serve_links(
-    on_link: Callable[[WebSocketConnection], Awaitable[None]],
+    on_link: Callable[[WebSocket], Awaitable[None]],
     *,
     token: str | bytes,
     host: str = "127.0.0.1",
@@ -265,7 +263,7 @@ async def serve_links(
     Out of file descriptors (or memory), accepting pauses and tries again (0.1 s, doubling
     up to 1 s), with one warning per burst of failures (:class:`AcceptBackoff`).
 
-    Tasks: the accept loop and, per connection, a handler and trio-websocket's reader, in
+    Tasks: the accept loop and, per connection, a handler (which reads its websocket), in
     this task's nursery; ``task_status.started((host, port))`` once listening. Cancelling
     closes everything (every socket is closed, none is left to garbage collection).
     """
@@ -295,7 +293,7 @@ async def serve_links(
 async def _serve_links_on(
     listener: trio.abc.Listener[trio.SocketStream],
     bound_port: int,
-    on_link: Callable[[WebSocketConnection], Awaitable[None]],
+    on_link: Callable[[WebSocket], Awaitable[None]],
     *,
     token: str | bytes,
     host: str,
@@ -391,7 +389,7 @@ async def _run_handler(
 
 async def _serve_connection(
     stream: trio.SocketStream,
-    on_link: Callable[[WebSocketConnection], Awaitable[None]],
+    on_link: Callable[[WebSocket], Awaitable[None]],
     secret: bytes,
     max_message_size: int,
     handshake: trio.CancelScope,
@@ -399,73 +397,41 @@ async def _serve_connection(
 ) -> None:
     """One connection, from its handshake (bounded by ``handshake``'s deadline, and ended
     by cancelling it) to its end; the stream is closed whatever happens. A connection
-    evicted as its handshake completes (``on_authenticated()`` is false) is closed too."""
+    evicted as its handshake completes (``on_authenticated()`` is false) is closed too, and
+    so is one whose peer hangs up before its request arrived."""
     try:
-        async with trio.open_nursery() as nursery:
-            ws: WebSocketConnection | None = None
-            with handshake:
-                ws = await _accept(nursery, stream, secret, max_message_size, handshake)
-            if ws is not None and on_authenticated():
-                try:
-                    await on_link(ws)
-                finally:
-                    with trio.move_on_after(DISCONNECT_TIMEOUT_S):
-                        await ws.aclose()
-            nursery.cancel_scope.cancel()  # trio-websocket's reader
+        ws: WebSocket | None = None
+        with handshake:
+            ws = await _websocket.accept(
+                stream,
+                lambda request: _refusal(request, secret),
+                subprotocol=PROTOCOL,
+                max_message_size=max_message_size,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+            )
+        if ws is not None and on_authenticated():
+            try:
+                await on_link(ws)
+            finally:
+                with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+                    await ws.aclose()
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _accept(
-    nursery: trio.Nursery,
-    stream: trio.SocketStream,
-    secret: bytes,
-    max_message_size: int,
-    handshake: trio.CancelScope,
-) -> WebSocketConnection | None:
-    """Read the handshake request; accept it (returning the websocket) or refuse it.
-
-    This is trio-websocket 0.12.2's ``wrap_server_stream``, plus one thing: when the reader
-    ends before a request arrived (the peer hung up), ``handshake`` is cancelled at once,
-    where trio-websocket would wait for the request until its timeout.
-    """
-    connection = WebSocketConnection(
-        stream,
-        WSConnection(ConnectionType.SERVER),
-        max_message_size=max_message_size,
-        receive_buffer_size=RECEIVE_BUFFER_SIZE,
-    )
-    accepted = False
-
-    async def read() -> None:
-        try:
-            await connection._reader_task()
-        finally:
-            if not accepted:
-                handshake.cancel()
-
-    nursery.start_soon(read)
-    request = await connection._get_request()
+def _refusal(request: Request, secret: bytes) -> tuple[int, bytes] | None:
+    """The status and body refusing a handshake request, or None to accept it: the token
+    is compared in constant time, then the subprotocol is checked. (A refused connection
+    is closed at once: an unauthenticated client must not be able to hold connections.)"""
     supplied = b""
-    for key, value in request.headers:
+    for key, value in request.extra_headers:
         if key.lower() == TOKEN_HEADER:
             supplied = value
     if not hmac.compare_digest(supplied, secret):
-        await _refuse(request, 401, b"missing or wrong instance token")
-        return None
-    if PROTOCOL not in request.proposed_subprotocols:
-        await _refuse(request, 400, f"subprotocol {PROTOCOL} required".encode())
-        return None
-    ws = await request.accept(subprotocol=PROTOCOL)
-    accepted = True
-    return ws
-
-
-async def _refuse(request: WebSocketRequest, status: int, body: bytes) -> None:
-    """Answer the handshake with ``status``; the caller then hangs up (trio-websocket would
-    leave a refused connection's socket open until the client closes it, and an
-    unauthenticated client must not be able to hold connections)."""
-    await request.reject(status, body=body)
+        return 401, b"missing or wrong instance token"
+    if PROTOCOL not in request.subprotocols:
+        return 400, f"subprotocol {PROTOCOL} required".encode()
+    return None
 
 
 def _parse_address(address: str) -> tuple[str, int, str, str]:
@@ -487,97 +453,69 @@ async def open_raw_link(
     token: str | bytes,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     connect_timeout: float = CONNECT_TIMEOUT_S,
-) -> AsyncIterator[WebSocketConnection]:
+) -> AsyncIterator[WebSocket]:
     """Open an authenticated websocket to ``address`` (``ws://host:port``).
 
     Connecting (TCP and the websocket handshake) is bounded by ``connect_timeout`` as a
-    whole: past it, :class:`ConnectTimeoutError`. This works around trio-websocket 0.12.2,
-    whose ``open_websocket`` lets its reader run on after its ``connect_timeout`` fired and
-    then waits for that reader forever (a server answering 101 late hangs the client).
-    A server that hangs up during the handshake fails it at once (``ActorDiedError``).
+    whole: past it, :class:`ConnectTimeoutError`. A server that hangs up during the
+    handshake fails it at once (``ActorDiedError``).
 
-    Tasks: trio-websocket's reader, in this block's nursery. Leaving the block closes the
+    Tasks: none (the websocket is read by whoever reads it). Leaving the block closes the
     websocket (a close handshake bounded by ``DISCONNECT_TIMEOUT_S``) and then the socket.
     """
     host, port, resource, host_header = _parse_address(address)
     streams: list[trio.SocketStream] = []
     try:
-        with unwrap_lone_error():
-            async with trio.open_nursery() as nursery:
-                try:
-                    with trio.fail_after(connect_timeout):
-                        streams.append(await trio.open_tcp_stream(host, port))
-                        ws = await _handshake(
-                            nursery,
-                            streams[0],
-                            address,
-                            host_header,
-                            resource,
-                            token,
-                            max_message_size,
-                        )
-                except trio.TooSlowError:
-                    raise ConnectTimeoutError(
-                        f"cannot connect to {address}: no websocket handshake within "
-                        f"{connect_timeout}s"
-                    ) from None
-                except OSError as exc:
-                    raise ActorDiedError(f"cannot connect to {address}: {exc!r}") from exc
-                try:
-                    yield ws
-                finally:
-                    with trio.move_on_after(DISCONNECT_TIMEOUT_S):
-                        await ws.aclose()
-                    nursery.cancel_scope.cancel()  # trio-websocket's reader
+        try:
+            with trio.fail_after(connect_timeout):
+                streams.append(await trio.open_tcp_stream(host, port))
+                ws = await _handshake(
+                    streams[0], address, host_header, resource, token, max_message_size
+                )
+        except trio.TooSlowError:
+            raise ConnectTimeoutError(
+                f"cannot connect to {address}: no websocket handshake within {connect_timeout}s"
+            ) from None
+        except OSError as exc:
+            raise ActorDiedError(f"cannot connect to {address}: {exc!r}") from exc
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+                await ws.aclose()
     finally:
         if streams:
             await trio.aclose_forcefully(streams[0])
 
 
 async def _handshake(
-    nursery: trio.Nursery,
     stream: trio.SocketStream,
     address: str,
     host_header: str,
     resource: str,
     token: str | bytes,
     max_message_size: int,
-) -> WebSocketConnection:
-    """The client's handshake: trio-websocket 0.12.2's ``wrap_client_stream``, except that
-    a refusal or a hang-up ends it at once, as our own error."""
-    connection = WebSocketConnection(
-        stream,
-        WSConnection(ConnectionType.CLIENT),
-        host=host_header,
-        path=resource,
-        client_subprotocols=[PROTOCOL],
-        client_extra_headers=[(TOKEN_HEADER, _token_bytes(token))],
-        max_message_size=max_message_size,
-        receive_buffer_size=RECEIVE_BUFFER_SIZE,
-    )
-    waiting = trio.CancelScope()
-    rejected: list[ConnectionRejected] = []
-
-    async def read() -> None:
-        try:
-            await connection._reader_task()
-        except ConnectionRejected as exc:
-            rejected.append(exc)
-        finally:
-            waiting.cancel()  # a no-op once the handshake is over
-
-    nursery.start_soon(read)
-    with waiting:
-        await connection._open_handshake.wait()
-    if rejected:
-        if rejected[0].status_code == 401:
-            raise AuthenticationError(f"{address} refused the instance token")
-        raise ProtocolError(f"{address} refused the connection: {rejected[0].status_code}")
-    if waiting.cancelled_caught:
+) -> WebSocket:
+    """The client's handshake; a refusal or a hang-up ends it at once, as our own error."""
+    try:
+        ws = await _websocket.connect(
+            stream,
+            host=host_header,
+            resource=resource,
+            subprotocols=[PROTOCOL],
+            extra_headers=[(TOKEN_HEADER, _token_bytes(token))],
+            max_message_size=max_message_size,
+            receive_buffer_size=RECEIVE_BUFFER_SIZE,
+        )
+    except _websocket.HandshakeRefused as refused:
+        if refused.status == 401:
+            raise AuthenticationError(f"{address} refused the instance token") from None
+        raise ProtocolError(f"{address} refused the connection: {refused.status}") from None
+    if ws is None:
         raise ActorDiedError(f"cannot connect to {address}: it hung up during the handshake")
-    if connection.subprotocol != PROTOCOL:
+    if ws.subprotocol != PROTOCOL:
         raise ProtocolError(f"{address} does not speak {PROTOCOL}")
-    return connection
+    return ws
 
 
 async def connect(

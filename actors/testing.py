@@ -92,13 +92,13 @@ async def in_memory(obj: object, **host_options: Any) -> AsyncIterator[RemoteRef
         host = ActorHost(obj, nursery, **host_options)
         holder: list[HostSession] = []
         host_link = Link(
-            host_ws,  # type: ignore[arg-type]  # why: it has the methods a Link uses
+            host_ws,
             lambda env: holder[0].on_envelope(env),
             after_batch=lambda: holder[0].after_batch(),
         )
         holder.append(HostSession(host, host_link))
         caller_link = Link(
-            caller_ws,  # type: ignore[arg-type]  # why: it has the methods a Link uses
+            caller_ws,
             ref.on_envelope,
             on_close=ref.on_close,
         )

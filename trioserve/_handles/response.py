@@ -280,7 +280,7 @@ class DeploymentResponse(_Request):
         super().__init__(router, method, args, kwargs)
         self._future = CallFuture(
             canceller=self._on_cancel,
-            label=f"{router.name}.{method}",
+            label=(router.name, method),
             cancelled_error=RequestCancelledError,
         )
 

@@ -63,12 +63,18 @@ class ReplicaMetrics:
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.latency = Histogram("latency", "")
+        #: the latency labels of each method seen (one tuple per method, not per call)
+        self._labels: dict[str, tuple[tuple[str, str]]] = {}
 
     def observe(self, method: str, seconds: float, ok: bool) -> None:
-        self.requests[method] = self.requests.get(method, 0) + 1
+        requests = self.requests
+        requests[method] = requests.get(method, 0) + 1
         if not ok:
             self.errors[method] = self.errors.get(method, 0) + 1
-        self.latency.observe((("method", method),), seconds)
+        labels = self._labels.get(method)
+        if labels is None:
+            labels = self._labels[method] = (("method", method),)
+        self.latency.observe(labels, seconds)
 
     def latencies(self) -> list[MethodLatency]:
         return [
@@ -159,7 +165,9 @@ class Replica:
     def _observe(self, method: str, seconds: float, ok: bool) -> None:
         if method in _INTERNAL:
             return
-        self.metrics.observe(split_method(method)[0], seconds, ok)
+        if MODEL_SEP in method:
+            method = split_method(method)[0]
+        self.metrics.observe(method, seconds, ok)
 
     async def serve_metrics(self) -> ReplicaMetricsSnapshot:
         await trio.lowlevel.checkpoint()
