@@ -142,6 +142,13 @@ class _Message:
         self.fed = 0
 
 
+class _Released:
+    """The callbacks of a released connection's parser: none (see ``release``)."""
+
+
+_RELEASED: Final = _Released()
+
+
 class ServerConnection:
     """One connection's HTTP/1.1 state, server side (see the module's docstring)."""
 
@@ -175,6 +182,15 @@ class ServerConnection:
         # HTTP/1.2 is served as 1.1 (RFC 9112 §2.3); other versions are refused after parsing
         parser.set_dangerous_leniencies(lenient_version=True)
         return parser
+
+    def release(self) -> None:
+        """Let go of the parser once the connection is done. The parser holds this object's
+        callbacks, so the two form a reference cycle that only a full garbage collection
+        would free: on a busy server, a pause of tens of milliseconds every few thousand
+        connections. Data received after this is ignored."""
+        self._parser = httptools.HttpRequestParser(_RELEASED)
+        self._messages.clear()
+        self._parsing = self._request = None
 
     @property
     def trailing_data(self) -> tuple[bytes, bool]:

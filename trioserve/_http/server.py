@@ -1275,8 +1275,8 @@ class HTTPServer:
         await _close_stream(stream)
 
     async def _on_connection(self, stream: trio.abc.Stream) -> None:
+        connection = _Connection(stream, self)
         try:
-            connection = _Connection(stream, self)
             await connection.serve()
             await connection.linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1284,6 +1284,7 @@ class HTTPServer:
         except Exception:  # why: one connection's failure must not stop the server
             logger.exception("HTTP connection failed")
         finally:
+            connection.conn.release()
             await _close_stream(stream)
             self._connections -= 1
             self._closed.unpark_all()

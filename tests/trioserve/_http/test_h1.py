@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from trioserve._http import h1
@@ -222,3 +225,21 @@ def test_upgrade_keeps_the_bytes_after_the_head() -> None:
     following = refused.next_event()
     assert isinstance(following, h1.Request)
     assert following.target == b"/next"
+
+
+def test_a_released_connection_is_freed_by_reference_counting_alone() -> None:
+    """The parser holds the connection's callbacks; once released, dropping the connection
+    frees it at once, without waiting for a full garbage collection."""
+    gc.disable()
+    try:
+        conn = h1.ServerConnection()
+        conn.receive_data(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert isinstance(_events(conn)[0], h1.Request)
+        _answer(conn)
+        conn.release()
+        conn.receive_data(b"GET /after HTTP/1.1\r\nhost: t\r\n\r\n")  # ignored
+        gone = weakref.ref(conn)
+        del conn
+        assert gone() is None
+    finally:
+        gc.enable()
