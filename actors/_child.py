@@ -5,13 +5,16 @@ the token from it at once: processes that user code starts do not inherit it), c
 back, says hello, receives its spec, builds the object, serves calls on its own listener
 and reports the address. It exits when told to stop, or at once when the control link to
 its parent goes away (the parent died, even by SIGKILL). A watchdog thread ends it too,
-within ``PARENT_POLL_S + PARENT_GONE_GRACE_S`` of its parent's death, even while user code
-blocks its Trio loop.
+within ``PARENT_GONE_GRACE_S`` of its parent's death (plus ``PARENT_POLL_S`` where there
+is no pidfd), even while user code blocks its Trio loop. The parent is the actor system's
+process, also for a child of the fork server: it outlives the fork server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import sys
 import threading
 import time
@@ -22,6 +25,7 @@ import msgspec
 import trio
 
 from . import _codec, _wire
+from ._heap import freeze_long_lived
 from ._host import ActorHost
 from ._inline import build_object
 from ._link import Link
@@ -54,6 +58,7 @@ async def _serve_object(
                     task_status=task_status,
                 )
             )
+            freeze_long_lived()  # built and listening: what exists now lives as long as we do
             control.send_nowait(_wire.Ready(bound, port))
             async for env in inbox:
                 if type(env) is _wire.Stop:
@@ -123,13 +128,32 @@ async def _run_child(control: Link, inbox: Any, token: str, child_id: str) -> in
     return 0
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Thread: end the process once its parent is gone. It does not depend on the Trio loop,
-    which user code may block (``time.sleep`` in an ``async def``)."""
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_S)  # a thread of its own: nothing to wait on but the clock
+def _watch_parent(parent_pid: int, pidfd: int) -> None:
+    """Thread: end the process once its parent (the actor system's process: for a child of
+    the fork server, not the fork server) is gone. It does not depend on the Trio loop,
+    which user code may block (``time.sleep`` in an ``async def``). On Linux it waits on a
+    pidfd of the parent (no polling, and no mistaking a new process that reused the pid);
+    elsewhere (``pidfd`` -1) it polls."""
+    if pidfd >= 0:
+        select.select([pidfd], [], [])  # readable once the parent has exited
+    elif parent_pid == os.getppid():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)  # a thread of its own: nothing to wait on but the clock
+    else:
+        while _alive(parent_pid):
+            time.sleep(PARENT_POLL_S)
     time.sleep(PARENT_GONE_GRACE_S)
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, the pid is only checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # there, but not ours to signal
+    return True
 
 
 def main() -> None:
@@ -140,8 +164,11 @@ def main() -> None:
     if not (token and parent and child_id):
         print("actors._child is started by an actor system, not by hand", file=sys.stderr)
         os._exit(2)
+    pidfd = -1  # opened here, before anything runs: the parent is watched from the start
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or the parent is gone
+        pidfd = os.pidfd_open(parent_pid)
     threading.Thread(
-        target=_watch_parent, args=(parent_pid,), name="actors-parent-watch", daemon=True
+        target=_watch_parent, args=(parent_pid, pidfd), name="actors-parent-watch", daemon=True
     ).start()
     code = 1
     try:

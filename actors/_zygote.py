@@ -31,6 +31,7 @@ import sys
 import time
 
 from actors._forkserver import ENV_FDS, ENV_PRELOAD
+from actors._heap import forget_freeze_in_child, freeze_long_lived
 from actors._process import ENV_PARENT_PID
 from actors._serve import ENV_TOKEN
 
@@ -88,12 +89,15 @@ def _kill(pid: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
-def _child(request: dict[str, object], fds: tuple[int, int], token: str, zygote: int) -> None:
+def _child(request: dict[str, object], fds: tuple[int, int], token: str, driver: int) -> None:
     for fd in fds:
         os.close(fd)
+    forget_freeze_in_child()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.environ[ENV_TOKEN] = token  # the child takes it out of its environment first thing
-    os.environ[ENV_PARENT_PID] = str(zygote)
+    # the child lives as long as the actor system that asked for it, not as long as this
+    # fork server (which may die first: the system then starts a new one)
+    os.environ[ENV_PARENT_PID] = str(driver)
     env = request.get("env")
     if isinstance(env, dict):
         os.environ.update({str(k): str(v) for k, v in env.items()})
@@ -109,13 +113,15 @@ def _child(request: dict[str, object], fds: tuple[int, int], token: str, zygote:
 def main() -> None:
     req_fd, resp_fd = (int(x) for x in os.environ.pop(ENV_FDS).split(","))
     token = os.environ.pop(ENV_TOKEN, "")  # before any preloaded module can see it
-    zygote = os.getpid()
+    driver = os.getppid()  # the actor system's process, which started this one
     for name in filter(None, os.environ.pop(ENV_PRELOAD, "").split(",")):
         try:
             importlib.import_module(name)
         except Exception as exc:  # why: a module that fails here is imported by the child
             print(f"actors zygote: cannot preload {name}: {exc!r}", file=sys.stderr)
     import actors._child  # noqa: F401  (the point: imported once, shared by every fork)
+
+    freeze_long_lived()  # every fork inherits the preloaded modules frozen
 
     signal.signal(signal.SIGCHLD, lambda _sig, _frame: _reap(resp_fd))
     requests = os.fdopen(req_fd, "rb", buffering=0)
@@ -136,7 +142,7 @@ def main() -> None:
             pid = os.fork()
             if pid == 0:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                _child(request, (req_fd, resp_fd), token, zygote)
+                _child(request, (req_fd, resp_fd), token, driver)
             _children.add(pid)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _report(resp_fd, f"pid {request['id']} {pid}")

@@ -1,13 +1,15 @@
 """Runtime hooks for code that builds on actors (a serving framework, say), beside the user
 surface in ``actors``: hosting an object yourself (:class:`ActorHost`, :func:`serve_host`),
 how a host runs a method (:func:`method_kind`), push and duplex streams
-(:func:`push_stream`, :func:`duplex_stream`, :class:`StreamSender`), and the one way
-generators are driven (:func:`pump_generator`).
+(:func:`push_stream`, :func:`duplex_stream`, :class:`StreamSender`), the one way
+generators are driven (:func:`pump_generator`), and keeping a server's full garbage
+collections short (:func:`freeze_long_lived`).
 """
 
 from __future__ import annotations
 
 from ._future import StreamSender as StreamSender
+from ._heap import freeze_long_lived as freeze_long_lived
 from ._host import ActorHost as ActorHost
 from ._host import pump_generator as pump_generator
 from ._methods import duplex_stream as duplex_stream
@@ -20,6 +22,7 @@ __all__ = [
     "ActorHost",
     "StreamSender",
     "duplex_stream",
+    "freeze_long_lived",
     "method_kind",
     "pump_generator",
     "push_stream",

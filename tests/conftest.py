@@ -11,6 +11,10 @@ import inspect
 import time
 from collections.abc import Iterator
 
+# Hypothesis, when first imported, registers Trio's random generator and checks it with
+# gc.get_referrers(), which does not see frozen objects: imported after a test froze this
+# process (the soak freezes, as a server process does: actors/_heap.py) it would warn.
+import hypothesis  # noqa: F401
 import psutil
 import pytest
 import trio

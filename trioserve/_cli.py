@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import msgspec
 import trio
 
+import actors.lowlevel
 from actors import unwrap_lone_error
 
 from ._deployment import Application, Deployment
@@ -232,6 +233,9 @@ async def _serve(config: ServeConfig, args: argparse.Namespace) -> None:
             ) as instance:
                 with body:  # a first signal cancels it, during start-up too
                     await _announce(instance, config)
+                    # this process is the server's own: what it built to start lives as
+                    # long as it does (short full collections under load: actors._heap)
+                    actors.lowlevel.freeze_long_lived()
                     async with trio.open_nursery() as nursery:
                         if getattr(args, "reload", False):
                             nursery.start_soon(_reload_loop, instance, config, args)

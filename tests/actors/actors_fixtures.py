@@ -6,6 +6,7 @@ child process by reference (the child gets this test run's ``sys.path``).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -64,6 +65,10 @@ class Worker:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def frozen_objects(self) -> int:
+        """How many objects this process moved out of the garbage collector's reach."""
+        return gc.get_freeze_count()
 
     async def make_bytes(self, n: int) -> bytes:
         return b"x" * n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,6 +119,35 @@ async def test_run_actor_after_the_fork_server_died_starts_a_new_one() -> None:
         assert [await a.ref.call("echo", i) for i, a in enumerate((first, second))] == [0, 1]
         (new_zygote,) = _fork_servers()
         assert new_zygote.pid != zygote.pid
+        nursery.cancel_scope.cancel()
+
+
+def _pidfd_targets(pid: int) -> list[int]:
+    """The processes that process ``pid`` holds a pidfd of (Linux: ``/proc/PID/fdinfo``)."""
+    targets = []
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("Pid:"):
+                    targets.append(int(line.split()[1]))
+    return targets
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pidfds are Linux's")
+@pytest.mark.parametrize("spawn_method", ["fork", "exec"])
+async def test_a_child_watches_the_actor_system_process_not_the_fork_server(
+    spawn_method: str,
+) -> None:
+    """A child's watchdog waits on the process that runs the actor system (a pidfd of it),
+    also when the fork server forked it: the fork server dying ends no child."""
+    async with (
+        actors.open_actor_system(spawn_method=spawn_method) as system,
+        trio.open_nursery() as nursery,
+    ):
+        actor = await nursery.start(system.run_actor, worker_spec())
+        assert actor.pid is not None
+        assert _pidfd_targets(actor.pid) == [os.getpid()]
         nursery.cancel_scope.cancel()
 
 

@@ -50,6 +50,7 @@ import psutil
 import trio
 
 import actors
+import actors.lowlevel
 import trioserve as serve
 from tests.soak.hostile import HostileMix, HostileReport, HostileRun, open_hostile_mix
 from tests.soak.http_client import HTTPClientError, HTTPPool
@@ -670,6 +671,9 @@ async def run_soak(
         for name, (app, prefix) in applications(hostile=hostile).items():
             handles[name] = await instance.run(app, name=name, route_prefix=prefix)
         _remember(tally, await _replica_pids(instance))
+        # started: freeze what exists, as the server process of ``trioserve start`` does
+        # (a full collection of this process's heap would otherwise pause it ~50-100 ms)
+        actors.lowlevel.freeze_long_lived()
         assert instance.http_port is not None
         client = HTTPPool(instance.http_host, instance.http_port, HTTP_CONNECTIONS)
         async with contextlib.aclosing(client), trio.open_nursery() as nursery:

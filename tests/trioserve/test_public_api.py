@@ -178,6 +178,7 @@ def test_public_api_actors_lowlevel_holds_the_runtime_hooks() -> None:
         "ActorHost",
         "StreamSender",
         "duplex_stream",
+        "freeze_long_lived",
         "method_kind",
         "pump_generator",
         "push_stream",
