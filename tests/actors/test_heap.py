@@ -29,11 +29,11 @@ _ONCE = textwrap.dedent(
     gone = weakref.ref(a)
     del a, b
     kept = Node()
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()  # not always 0 (3.12 starts with some)
     assert freeze_long_lived() is True
     assert gone() is None, "the garbage was frozen instead of collected"
     frozen = gc.get_freeze_count()
-    assert frozen > 0
+    assert frozen > before
     assert freeze_long_lived() is False
     assert gc.get_freeze_count() == frozen
     print("ok")
