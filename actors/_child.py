@@ -152,7 +152,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # there, but not ours to signal
+        pass  # there, but not ours to signal
     return True
 
 

@@ -18,24 +18,20 @@ modules stay frozen, and their memory pages are not written to, in every replica
 from __future__ import annotations
 
 import gc
+import os
 
-_frozen = False
+#: the process that froze (a fork has another pid, so it freezes what it builds once more;
+#: what it inherited stays frozen)
+_frozen_in = 0
 
 
 def freeze_long_lived() -> bool:
     """Collect, then freeze every tracked object, the first time it is called in this
     process (later calls do nothing: see the module's docstring). Returns whether it froze."""
-    global _frozen
-    if _frozen:
+    global _frozen_in
+    if _frozen_in == os.getpid():
         return False
-    _frozen = True
+    _frozen_in = os.getpid()
     gc.collect()
     gc.freeze()
     return True
-
-
-def forget_freeze_in_child() -> None:
-    """In a process forked from one that froze: what it inherited stays frozen, and it
-    freezes what it builds itself once more (its own start-up: the object it serves)."""
-    global _frozen
-    _frozen = False

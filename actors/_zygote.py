@@ -31,7 +31,7 @@ import sys
 import time
 
 from actors._forkserver import ENV_FDS, ENV_PRELOAD
-from actors._heap import forget_freeze_in_child, freeze_long_lived
+from actors._heap import freeze_long_lived
 from actors._process import ENV_PARENT_PID
 from actors._serve import ENV_TOKEN
 
@@ -92,7 +92,6 @@ def _kill(pid: int) -> None:
 def _child(request: dict[str, object], fds: tuple[int, int], token: str, driver: int) -> None:
     for fd in fds:
         os.close(fd)
-    forget_freeze_in_child()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.environ[ENV_TOKEN] = token  # the child takes it out of its environment first thing
     # the child lives as long as the actor system that asked for it, not as long as this

@@ -189,8 +189,6 @@ class ServerConnection:
         would free: on a busy server, a pause of tens of milliseconds every few thousand
         connections. Data received after this is ignored."""
         self._parser = httptools.HttpRequestParser(_RELEASED)
-        self._messages.clear()
-        self._parsing = self._request = None
 
     @property
     def trailing_data(self) -> tuple[bytes, bool]:
